@@ -1,0 +1,358 @@
+//! YAML documents with positions.
+//!
+//! A file is parsed once (serde-saphyr) into a tree whose every node remembers its line and
+//! column. The tree becomes a plain `serde_json::Value`, which the typed structs deserialize from,
+//! and a [`PositionIndex`] from field path (`spec.properties[2].visitors`) to position, which
+//! turns any error about a path into `file:line:column`.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+/// A line and column, both 1-based. `0:0` means unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct Pos {
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column.
+    pub column: u64,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+impl From<serde_saphyr::Location> for Pos {
+    fn from(l: serde_saphyr::Location) -> Self {
+        Pos {
+            line: l.line(),
+            column: l.column(),
+        }
+    }
+}
+
+/// Where the parts of one document are: the position of each value and of each map key.
+#[derive(Debug, Clone, Default)]
+pub struct PositionIndex {
+    values: HashMap<String, Pos>,
+    keys: HashMap<String, Pos>,
+}
+
+impl PositionIndex {
+    /// The position of the value at `path`, or of its nearest ancestor that has one.
+    pub fn value(&self, path: &str) -> Pos {
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.values.get(p) {
+                return *pos;
+            }
+            match parent(p) {
+                Some(up) => p = up,
+                None => return self.values.get("").copied().unwrap_or_default(),
+            }
+        }
+    }
+
+    /// The position of the key that names `path` (falls back to the value's position).
+    pub fn key(&self, path: &str) -> Pos {
+        self.keys
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.value(path))
+    }
+}
+
+/// The parent of a path: `a.b[2]` → `a.b`, `a.b` → `a`, `a` → `""`, `""` → None.
+fn parent(path: &str) -> Option<&str> {
+    if path.is_empty() {
+        return None;
+    }
+    match path.rfind(['.', '[']) {
+        Some(i) => Some(&path[..i]),
+        None => Some(""),
+    }
+}
+
+/// Joins a map key onto a path.
+pub fn join_key(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Joins a sequence index onto a path.
+pub fn join_index(path: &str, index: usize) -> String {
+    format!("{path}[{index}]")
+}
+
+/// One YAML document: its value and where its parts are.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The document as JSON (YAML 1.2 core schema scalars).
+    pub value: serde_json::Value,
+    /// Positions of every value and key in the document.
+    pub positions: PositionIndex,
+}
+
+/// A YAML syntax error, with its position when known.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SyntaxError {
+    /// Where the parser stopped.
+    pub pos: Pos,
+    /// What the parser said, on one line.
+    pub message: String,
+}
+
+/// Largest file the loader parses; a bigger one is refused rather than read into memory.
+pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Parses every document of a YAML text. Empty documents are skipped.
+pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(SyntaxError {
+            pos: Pos::default(),
+            message: format!(
+                "file is {} bytes, larger than the {} bytes a device file may have",
+                text.len(),
+                MAX_FILE_BYTES
+            ),
+        });
+    }
+    // YAML 1.2 core booleans only: `n`, `y`, `on`, `off` (a parity of `N`, a key `y`) stay text.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let roots: Vec<Spanned<Node>> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+        let pos = e.location().map(Pos::from).unwrap_or_default();
+        let rendered = e.without_snippet().to_string();
+        let message = rendered
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        SyntaxError { pos, message }
+    })?;
+    Ok(roots
+        .into_iter()
+        .map(|root| {
+            let mut positions = PositionIndex::default();
+            let value = flatten(root, String::new(), &mut positions);
+            Document { value, positions }
+        })
+        .collect())
+}
+
+fn flatten(node: Spanned<Node>, path: String, idx: &mut PositionIndex) -> serde_json::Value {
+    use serde_json::Value;
+    idx.values.insert(path.clone(), node.referenced.into());
+    match node.value {
+        Node::Null => Value::Null,
+        Node::Bool(b) => Value::Bool(b),
+        Node::Int(i) => Value::from(i),
+        Node::UInt(u) => Value::from(u),
+        Node::Float(f) => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            // NaN and infinities have no JSON form; keep them as their YAML spelling.
+            .unwrap_or_else(|| Value::String(f.to_string())),
+        Node::Str(s) => Value::String(s),
+        Node::Seq(items) => Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| flatten(item, join_index(&path, i), idx))
+                .collect(),
+        ),
+        Node::Map(entries) => {
+            let mut map = serde_json::Map::new();
+            for (key, value) in entries {
+                let child = join_key(&path, &key.value);
+                idx.keys.insert(child.clone(), key.referenced.into());
+                let v = flatten(value, child, idx);
+                map.insert(key.value, v);
+            }
+            Value::Object(map)
+        }
+    }
+}
+
+/// A YAML node whose children carry positions.
+#[derive(Debug)]
+enum Node {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Spanned<Node>>),
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+}
+
+/// A map key: any scalar, read as text (`1: x` has the key `"1"`).
+struct KeyText(String);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a scalar map key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<KeyText, E> {
+                Ok(KeyText(v))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<KeyText, E> {
+                Ok(KeyText("null".to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_some<D2: de::Deserializer<'de>>(self, d: D2) -> Result<Node, D2::Error> {
+                Node::deserialize(d)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+                Ok(Node::UInt(v))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Node, E> {
+                i64::try_from(v)
+                    .map(Node::Int)
+                    .or_else(|_| Ok(Node::Str(v.to_string())))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
+                u64::try_from(v)
+                    .map(Node::UInt)
+                    .or_else(|_| Ok(Node::Str(v.to_string())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+                Ok(Node::Float(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Str(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
+                Ok(Node::Str(v))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Node, E> {
+                Ok(Node::Str(String::from_utf8_lossy(v).into_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+                    items.push(item);
+                }
+                Ok(Node::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<Spanned<KeyText>>()? {
+                    let value = map.next_value::<Spanned<Node>>()?;
+                    let key = Spanned::new(key.value.0, key.referenced, key.defined);
+                    entries.push((key, value));
+                }
+                Ok(Node::Map(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_of_nested_values_and_keys() {
+        let text = "a: 1\nspec:\n  list:\n    - x: hello\n      y: [1, 2]\n      n: off\n";
+        let docs = parse_documents(text).unwrap();
+        assert_eq!(docs.len(), 1);
+        let d = &docs[0];
+        assert_eq!(d.value["spec"]["list"][0]["x"], "hello");
+        assert_eq!(d.positions.value("spec.list[0].x"), Pos { line: 4, column: 10 });
+        assert_eq!(d.positions.key("spec.list[0].y"), Pos { line: 5, column: 7 });
+        // YAML 1.1 booleans are text.
+        assert_eq!(d.value["spec"]["list"][0]["n"], "off");
+        // A path that does not exist falls back to its nearest ancestor.
+        assert_eq!(d.positions.value("spec.list[0].x.missing"), Pos { line: 4, column: 10 });
+    }
+
+    #[test]
+    fn several_documents_and_empty_ones() {
+        let docs = parse_documents("a: 1\n---\n---\nb: 2\n").unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1].value["b"], 2);
+        assert_eq!(docs[1].positions.value("b").line, 4);
+    }
+
+    #[test]
+    fn syntax_error_has_a_position() {
+        let err = parse_documents("a: 1\nb: [1, 2\nc: 3\n").unwrap_err();
+        assert!(err.pos.line >= 2, "{err:?}");
+        assert!(!err.message.is_empty());
+        assert!(!err.message.contains('\n'));
+    }
+
+    #[test]
+    fn scalars_follow_the_core_schema() {
+        let docs = parse_documents("s: \"5502\"\nn: 5502\nb: true\nf: 0.1\nz: ~\n").unwrap();
+        let v = &docs[0].value;
+        assert_eq!(v["s"], "5502");
+        assert_eq!(v["n"], 5502);
+        assert_eq!(v["b"], true);
+        assert_eq!(v["f"], 0.1);
+        assert!(v["z"].is_null());
+    }
+
+    #[test]
+    fn parent_paths() {
+        assert_eq!(parent("a.b[2]"), Some("a.b"));
+        assert_eq!(parent("a.b"), Some("a"));
+        assert_eq!(parent("a"), Some(""));
+        assert_eq!(parent(""), None);
+    }
+}
