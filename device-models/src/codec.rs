@@ -125,7 +125,10 @@ pub fn encode(v: &Value, dt: DataType, order: ByteOrder) -> Result<Vec<u16>, Cod
         value: v.to_string(),
         data_type: dt,
     };
-    let wrong_type = |kind| CodecError::WrongType { kind, data_type: dt };
+    let wrong_type = |kind| CodecError::WrongType {
+        kind,
+        data_type: dt,
+    };
     let int = || -> Result<i128, CodecError> {
         match v {
             Value::Bool(b) => Ok(i128::from(*b)),
@@ -148,7 +151,11 @@ pub fn encode(v: &Value, dt: DataType, order: ByteOrder) -> Result<Vec<u16>, Cod
     };
     let fit = |lo: i128, hi: i128| -> Result<i128, CodecError> {
         let i = int()?;
-        if (lo..=hi).contains(&i) { Ok(i) } else { Err(out_of_range()) }
+        if (lo..=hi).contains(&i) {
+            Ok(i)
+        } else {
+            Err(out_of_range())
+        }
     };
     let bytes: Vec<u8> = match dt {
         DataType::Bool => {
@@ -159,11 +166,17 @@ pub fn encode(v: &Value, dt: DataType, order: ByteOrder) -> Result<Vec<u16>, Cod
             return Ok(vec![u16::from(on)]);
         }
         DataType::Bit(_) => return Err(CodecError::ReadModifyWrite),
-        DataType::Int16 => (fit(i16::MIN.into(), i16::MAX.into())? as i16).to_be_bytes().to_vec(),
+        DataType::Int16 => (fit(i16::MIN.into(), i16::MAX.into())? as i16)
+            .to_be_bytes()
+            .to_vec(),
         DataType::Uint16 => (fit(0, u16::MAX.into())? as u16).to_be_bytes().to_vec(),
-        DataType::Int32 => (fit(i32::MIN.into(), i32::MAX.into())? as i32).to_be_bytes().to_vec(),
+        DataType::Int32 => (fit(i32::MIN.into(), i32::MAX.into())? as i32)
+            .to_be_bytes()
+            .to_vec(),
         DataType::Uint32 => (fit(0, u32::MAX.into())? as u32).to_be_bytes().to_vec(),
-        DataType::Int64 => (fit(i64::MIN.into(), i64::MAX.into())? as i64).to_be_bytes().to_vec(),
+        DataType::Int64 => (fit(i64::MIN.into(), i64::MAX.into())? as i64)
+            .to_be_bytes()
+            .to_vec(),
         DataType::Uint64 => (fit(0, u64::MAX.into())? as u64).to_be_bytes().to_vec(),
         DataType::Float32 => {
             let f = float()?;
@@ -215,8 +228,18 @@ pub fn unscale(v: &Value, s: &Scaling, dt: DataType) -> Result<Value, CodecError
         return Ok(v.clone());
     }
     let f = match v {
-        Value::String(_) => return Err(CodecError::WrongType { kind: "text", data_type: dt }),
-        Value::Bytes(_) => return Err(CodecError::WrongType { kind: "bytes", data_type: dt }),
+        Value::String(_) => {
+            return Err(CodecError::WrongType {
+                kind: "text",
+                data_type: dt,
+            });
+        }
+        Value::Bytes(_) => {
+            return Err(CodecError::WrongType {
+                kind: "bytes",
+                data_type: dt,
+            });
+        }
         other => other.as_f64().unwrap_or(0.0),
     };
     let raw = (f - s.value_offset) / s.scale;
@@ -230,7 +253,11 @@ pub fn unscale(v: &Value, s: &Scaling, dt: DataType) -> Result<Value, CodecError
                     data_type: dt,
                 });
             }
-            if r < 0.0 { Value::Int(r as i64) } else { Value::Uint(r as u64) }
+            if r < 0.0 {
+                Value::Int(r as i64)
+            } else {
+                Value::Uint(r as u64)
+            }
         }
     })
 }
@@ -251,9 +278,9 @@ impl ModbusVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use ByteOrder::*;
     use DataType::*;
+    use proptest::prelude::*;
 
     const ORDERS: [ByteOrder; 4] = [Abcd, Badc, Cdab, Dcba];
 
@@ -267,8 +294,16 @@ mod tests {
             (Dcba, [0x0000, 0x2041]),
         ];
         for (order, words) in cases {
-            assert_eq!(decode(&words, Float32, order), Ok(Value::Float(10.0)), "{order:?}");
-            assert_eq!(encode(&Value::Float(10.0), Float32, order).unwrap(), words, "{order:?}");
+            assert_eq!(
+                decode(&words, Float32, order),
+                Ok(Value::Float(10.0)),
+                "{order:?}"
+            );
+            assert_eq!(
+                encode(&Value::Float(10.0), Float32, order).unwrap(),
+                words,
+                "{order:?}"
+            );
         }
     }
 
@@ -278,19 +313,43 @@ mod tests {
         assert_eq!(decode(&[0xFFFF], Uint16, Abcd), Ok(Value::Int(65535)));
         assert_eq!(decode(&[0x3412], Uint16, Badc), Ok(Value::Int(0x1234)));
         // 0x12345678 as ABCD and CDAB
-        assert_eq!(decode(&[0x1234, 0x5678], Uint32, Abcd), Ok(Value::Int(0x1234_5678)));
-        assert_eq!(decode(&[0x5678, 0x1234], Uint32, Cdab), Ok(Value::Int(0x1234_5678)));
-        assert_eq!(decode(&[0x7856, 0x3412], Uint32, Dcba), Ok(Value::Int(0x1234_5678)));
+        assert_eq!(
+            decode(&[0x1234, 0x5678], Uint32, Abcd),
+            Ok(Value::Int(0x1234_5678))
+        );
+        assert_eq!(
+            decode(&[0x5678, 0x1234], Uint32, Cdab),
+            Ok(Value::Int(0x1234_5678))
+        );
+        assert_eq!(
+            decode(&[0x7856, 0x3412], Uint32, Dcba),
+            Ok(Value::Int(0x1234_5678))
+        );
         assert_eq!(decode(&[0xFFFF, 0xFFFE], Int32, Abcd), Ok(Value::Int(-2)));
         // 64-bit: 0x0102030405060708
         let w = [0x0102, 0x0304, 0x0506, 0x0708];
-        assert_eq!(decode(&w, Int64, Abcd), Ok(Value::Int(0x0102_0304_0506_0708)));
+        assert_eq!(
+            decode(&w, Int64, Abcd),
+            Ok(Value::Int(0x0102_0304_0506_0708))
+        );
         let rev = [0x0708, 0x0506, 0x0304, 0x0102];
-        assert_eq!(decode(&rev, Int64, Cdab), Ok(Value::Int(0x0102_0304_0506_0708)));
-        assert_eq!(decode(&[0xFFFF; 4], Uint64, Abcd), Ok(Value::Uint(u64::MAX)));
+        assert_eq!(
+            decode(&rev, Int64, Cdab),
+            Ok(Value::Int(0x0102_0304_0506_0708))
+        );
+        assert_eq!(
+            decode(&[0xFFFF; 4], Uint64, Abcd),
+            Ok(Value::Uint(u64::MAX))
+        );
         // 1.0f64 = 0x3FF0000000000000
-        assert_eq!(decode(&[0x3FF0, 0, 0, 0], Float64, Abcd), Ok(Value::Float(1.0)));
-        assert_eq!(decode(&[0, 0, 0, 0x3FF0], Float64, Cdab), Ok(Value::Float(1.0)));
+        assert_eq!(
+            decode(&[0x3FF0, 0, 0, 0], Float64, Abcd),
+            Ok(Value::Float(1.0))
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 0x3FF0], Float64, Cdab),
+            Ok(Value::Float(1.0))
+        );
     }
 
     #[test]
@@ -299,8 +358,11 @@ mod tests {
         assert_eq!(decode(&[0b100], Bit(1), Abcd), Ok(Value::Bool(false)));
         assert_eq!(decode(&[7], Bool, Abcd), Ok(Value::Bool(true)));
         assert_eq!(encode(&Value::Int(1), Bool, Abcd), Ok(vec![1]));
-        assert_eq!(encode(&Value::Int(2), Bool, Abcd).is_err(), true);
-        assert_eq!(encode(&Value::Bool(true), Bit(3), Abcd), Err(CodecError::ReadModifyWrite));
+        assert!(encode(&Value::Int(2), Bool, Abcd).is_err());
+        assert_eq!(
+            encode(&Value::Bool(true), Bit(3), Abcd),
+            Err(CodecError::ReadModifyWrite)
+        );
         assert_eq!(set_bit(0b0001, 3, true), 0b1001);
         assert_eq!(set_bit(0b1001, 0, false), 0b1000);
     }
@@ -308,16 +370,35 @@ mod tests {
     #[test]
     fn strings() {
         // "ABC" in 2 registers: 0x4142 0x4300
-        assert_eq!(decode(&[0x4142, 0x4300], String(2), Abcd), Ok(Value::String("ABC".into())));
-        assert_eq!(decode(&[0x4241, 0x0043], String(2), Badc), Ok(Value::String("ABC".into())));
-        assert_eq!(encode(&Value::String("ABC".into()), String(2), Abcd), Ok(vec![0x4142, 0x4300]));
+        assert_eq!(
+            decode(&[0x4142, 0x4300], String(2), Abcd),
+            Ok(Value::String("ABC".into()))
+        );
+        assert_eq!(
+            decode(&[0x4241, 0x0043], String(2), Badc),
+            Ok(Value::String("ABC".into()))
+        );
+        assert_eq!(
+            encode(&Value::String("ABC".into()), String(2), Abcd),
+            Ok(vec![0x4142, 0x4300])
+        );
         assert!(encode(&Value::String("ABCDE".into()), String(2), Abcd).is_err());
-        assert_eq!(decode(&[0xFFFE], String(1), Abcd), Err(CodecError::InvalidUtf8));
+        assert_eq!(
+            decode(&[0xFFFE], String(1), Abcd),
+            Err(CodecError::InvalidUtf8)
+        );
     }
 
     #[test]
     fn wrong_lengths_and_ranges() {
-        assert!(matches!(decode(&[1], Float32, Abcd), Err(CodecError::WrongLength { expected: 2, got: 1, .. })));
+        assert!(matches!(
+            decode(&[1], Float32, Abcd),
+            Err(CodecError::WrongLength {
+                expected: 2,
+                got: 1,
+                ..
+            })
+        ));
         assert!(encode(&Value::Int(70000), Int16, Abcd).is_err());
         assert!(encode(&Value::Int(-1), Uint32, Abcd).is_err());
         assert!(encode(&Value::Float(1.5), Int32, Abcd).is_err());
@@ -327,14 +408,28 @@ mod tests {
 
     #[test]
     fn scale_and_offset() {
-        let s = Scaling { scale: 0.1, value_offset: -40.0, deadband: None };
+        let s = Scaling {
+            scale: 0.1,
+            value_offset: -40.0,
+            deadband: None,
+        };
         // raw 655 -> 65.5 - 40 = 25.5
         let v = scale(Value::Int(655), &s);
         let Value::Float(f) = v else { panic!("{v:?}") };
         assert!((f - 25.5).abs() < 1e-9);
-        assert_eq!(unscale(&Value::Float(25.5), &s, Int16), Ok(Value::Uint(655)));
-        assert_eq!(unscale(&Value::Float(-50.0), &s, Int16), Ok(Value::Int(-100)));
-        let ident = Scaling { scale: 1.0, value_offset: 0.0, deadband: None };
+        assert_eq!(
+            unscale(&Value::Float(25.5), &s, Int16),
+            Ok(Value::Uint(655))
+        );
+        assert_eq!(
+            unscale(&Value::Float(-50.0), &s, Int16),
+            Ok(Value::Int(-100))
+        );
+        let ident = Scaling {
+            scale: 1.0,
+            value_offset: 0.0,
+            deadband: None,
+        };
         assert_eq!(scale(Value::Int(5), &ident), Value::Int(5));
     }
 

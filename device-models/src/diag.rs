@@ -67,7 +67,10 @@ mod tests {
         let d = Diagnostic {
             severity: Severity::Error,
             file: "rig7/wellhead.yaml".into(),
-            pos: Pos { line: 23, column: 9 },
+            pos: Pos {
+                line: 23,
+                column: 9,
+            },
             path: "spec.properties[2].visitors.configData.register".into(),
             message: "unknown register type \"HoldReg\"".into(),
         };
@@ -75,7 +78,15 @@ mod tests {
             d.to_string(),
             "rig7/wellhead.yaml:23:9: spec.properties[2].visitors.configData.register: unknown register type \"HoldReg\""
         );
-        let w = Diagnostic { severity: Severity::Warning, path: String::new(), pos: Pos::default(), ..d };
-        assert_eq!(w.to_string(), "rig7/wellhead.yaml: warning: unknown register type \"HoldReg\"");
+        let w = Diagnostic {
+            severity: Severity::Warning,
+            path: String::new(),
+            pos: Pos::default(),
+            ..d
+        };
+        assert_eq!(
+            w.to_string(),
+            "rig7/wellhead.yaml: warning: unknown register type \"HoldReg\""
+        );
     }
 }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::crd::{API_VERSION, Device, DeviceModel, GROUP};
 use crate::diag::{Diagnostic, Severity};
-use crate::yaml::{self, PositionIndex, Pos};
+use crate::yaml::{self, Pos, PositionIndex};
 
 /// An object with where it came from.
 #[derive(Debug, Clone)]
@@ -36,7 +36,12 @@ impl<T> Loaded<T> {
     }
 
     /// A diagnostic about the key that names `path` (an unknown or duplicate key).
-    pub fn diag_key(&self, severity: Severity, path: &str, message: impl Into<String>) -> Diagnostic {
+    pub fn diag_key(
+        &self,
+        severity: Severity,
+        path: &str,
+        message: impl Into<String>,
+    ) -> Diagnostic {
         Diagnostic {
             pos: self.positions.key(path),
             ..self.diag(severity, path, message)
@@ -142,10 +147,7 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnosti
         }
         if p.is_dir() {
             collect_files(&p, files, diags);
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
             files.push(p);
         }
     }
@@ -230,7 +232,9 @@ pub fn load_str(file: &Path, text: &str, out: &mut LoadedObjects) {
                 file,
                 at("kind"),
                 Severity::Notice,
-                format!("skipped {other} {name:?}: only Device and DeviceModel configure the gateway"),
+                format!(
+                    "skipped {other} {name:?}: only Device and DeviceModel configure the gateway"
+                ),
             )),
         }
     }
@@ -244,10 +248,8 @@ fn typed<T: DeserializeOwned>(
 ) -> Option<Loaded<T>> {
     let mut ignored = Vec::new();
     let mut on_ignored = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
-    let result: Result<T, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
-        value,
-        &mut on_ignored,
-    ));
+    let result: Result<T, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut on_ignored));
     for path in ignored {
         // apiVersion and kind are read above; the derive skips them.
         if path == "apiVersion" || path == "kind" {
@@ -299,7 +301,9 @@ fn error_path(p: &serde_path_to_error::Path) -> String {
 fn ignored_path(p: &serde_ignored::Path<'_>) -> String {
     match p {
         serde_ignored::Path::Root => String::new(),
-        serde_ignored::Path::Seq { parent, index } => yaml::join_index(&ignored_path(parent), *index),
+        serde_ignored::Path::Seq { parent, index } => {
+            yaml::join_index(&ignored_path(parent), *index)
+        }
         serde_ignored::Path::Map { parent, key } => yaml::join_key(&ignored_path(parent), key),
         serde_ignored::Path::Some { parent }
         | serde_ignored::Path::NewtypeStruct { parent }
@@ -318,7 +322,10 @@ fn humanize_serde(m: &str) -> String {
             );
         }
         if let Some((value, expected)) = rest.split_once("`, expected ") {
-            return format!("unknown value {value:?} (expected {})", expected.replace('`', ""));
+            return format!(
+                "unknown value {value:?} (expected {})",
+                expected.replace('`', "")
+            );
         }
     }
     m.replace("i64", "an integer")
@@ -352,11 +359,21 @@ mod tests {
 
     #[test]
     fn v1alpha2_says_what_to_do() {
-        let out = load("apiVersion: devices.kubeedge.io/v1alpha2\nkind: Device\nmetadata: {name: d}\n");
+        let out =
+            load("apiVersion: devices.kubeedge.io/v1alpha2\nkind: Device\nmetadata: {name: d}\n");
         let d = &out.diagnostics[0];
         assert!(d.is_error());
-        assert_eq!(d.pos, Pos { line: 1, column: 13 });
-        assert!(d.message.contains("v1alpha2") && d.message.contains("v1beta1"), "{d}");
+        assert_eq!(
+            d.pos,
+            Pos {
+                line: 1,
+                column: 13
+            }
+        );
+        assert!(
+            d.message.contains("v1alpha2") && d.message.contains("v1beta1"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -368,7 +385,11 @@ mod tests {
         assert!(d.is_error());
         assert_eq!(d.path, "spec.properties[0].collectCycle");
         assert_eq!(d.pos.line, 7);
-        assert!(d.to_string().starts_with("t.yaml:7:21: spec.properties[0].collectCycle: "), "{d}");
+        assert!(
+            d.to_string()
+                .starts_with("t.yaml:7:21: spec.properties[0].collectCycle: "),
+            "{d}"
+        );
     }
 
     #[test]
@@ -377,12 +398,20 @@ mod tests {
             "apiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata: {name: m}\nspec:\n  protocl: modbus\n  properties:\n    - name: p\n      type: Int\n",
         );
         assert_eq!(out.diagnostics.len(), 2, "{:?}", out.diagnostics);
-        let warn = out.diagnostics.iter().find(|d| d.severity == Severity::Warning).unwrap();
+        let warn = out
+            .diagnostics
+            .iter()
+            .find(|d| d.severity == Severity::Warning)
+            .unwrap();
         assert_eq!(warn.path, "spec.protocl");
         assert_eq!(warn.pos, Pos { line: 5, column: 3 });
         let err = out.diagnostics.iter().find(|d| d.is_error()).unwrap();
         assert_eq!(err.path, "spec.properties[0].type");
-        assert!(err.message.starts_with("unknown value \"Int\" (expected INT, FLOAT"), "{err}");
+        assert!(
+            err.message
+                .starts_with("unknown value \"Int\" (expected INT, FLOAT"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -390,6 +419,10 @@ mod tests {
         let out = load("a: [1, 2\n");
         assert!(out.diagnostics[0].message.starts_with("YAML syntax error"));
         let out = load("- 1\n- 2\n");
-        assert!(out.diagnostics[0].message.starts_with("not a Kubernetes object"));
+        assert!(
+            out.diagnostics[0]
+                .message
+                .starts_with("not a Kubernetes object")
+        );
     }
 }

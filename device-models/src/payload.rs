@@ -263,8 +263,8 @@ pub fn parse_twin_update(payload: &[u8]) -> Result<TwinUpdate, PayloadError> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(PayloadError::TooLarge(payload.len()));
     }
-    let update: TwinUpdate = serde_json::from_slice(payload)
-        .map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    let update: TwinUpdate =
+        serde_json::from_slice(payload).map_err(|e| PayloadError::Malformed(e.to_string()))?;
     for (name, t) in &update.twin {
         let values = [&t.expected, &t.actual];
         let mut any = false;
@@ -365,26 +365,49 @@ mod tests {
     #[test]
     fn refuses_malformed_and_empty_updates() {
         assert_eq!(parse_twin_update(b"{not json").unwrap_err().code(), 400);
-        assert_eq!(parse_twin_update(br#"{"twin":{"x":{}}}"#), Err(PayloadError::Empty("x".into())));
-        assert_eq!(parse_twin_update(br#"{"twin":"x"}"#).unwrap_err().code(), 400);
-        let big = format!(r#"{{"twin":{{"x":{{"expected":{{"value":"{}"}}}}}}}}"#, "a".repeat(MAX_VALUE_BYTES + 1));
+        assert_eq!(
+            parse_twin_update(br#"{"twin":{"x":{}}}"#),
+            Err(PayloadError::Empty("x".into()))
+        );
+        assert_eq!(
+            parse_twin_update(br#"{"twin":"x"}"#).unwrap_err().code(),
+            400
+        );
+        let big = format!(
+            r#"{{"twin":{{"x":{{"expected":{{"value":"{}"}}}}}}}}"#,
+            "a".repeat(MAX_VALUE_BYTES + 1)
+        );
         assert_eq!(parse_twin_update(big.as_bytes()).unwrap_err().code(), 413);
         // Any UTF-8, quotes and braces included, is a valid value.
         let odd = r#"{"twin":{"label":{"expected":{"value":"Ölpumpe \"B\" {7} 油"}}}}"#;
         assert!(parse_twin_update(odd.as_bytes()).is_ok());
         assert_eq!(parse_request(b"").unwrap(), BaseMessage::default());
-        assert_eq!(parse_request(br#"{"event_id":"e1"}"#).unwrap().event_id, "e1");
+        assert_eq!(
+            parse_request(br#"{"event_id":"e1"}"#).unwrap().event_id,
+            "e1"
+        );
     }
 
     #[test]
     fn writes_kubeedge_field_names() {
         let twin = PropertyTwin {
             ty: PropertyType::Float,
-            desired: Some(TwinValue { value: "60".into(), version: TwinVersion { cloud: 4, edge: 1 }, timestamp_ms: 10 }),
-            reported: Some(TwinValue { value: "59.5".into(), version: TwinVersion { cloud: 0, edge: 7 }, timestamp_ms: 11 }),
+            desired: Some(TwinValue {
+                value: "60".into(),
+                version: TwinVersion { cloud: 4, edge: 1 },
+                timestamp_ms: 10,
+            }),
+            reported: Some(TwinValue {
+                value: "59.5".into(),
+                version: TwinVersion { cloud: 0, edge: 7 },
+                timestamp_ms: 11,
+            }),
         };
         let msg = TwinDelta {
-            base: BaseMessage { event_id: "e".into(), timestamp: 12 },
+            base: BaseMessage {
+                event_id: "e".into(),
+                timestamp: 12,
+            },
             twin: BTreeMap::from([("speed".to_string(), MsgTwin::from_twin(&twin))]),
             delta: BTreeMap::from([("speed".to_string(), "60".to_string())]),
         };
@@ -402,17 +425,59 @@ mod tests {
                 "delta": {"speed": "60"}
             })
         );
-        let err = ErrorResult { base: BaseMessage { event_id: "e".into(), timestamp: 1 }, code: 404, reason: "no device".into() };
-        assert_eq!(serde_json::to_value(&err).unwrap(), json!({"event_id":"e","timestamp":1,"code":404,"reason":"no device"}));
+        let err = ErrorResult {
+            base: BaseMessage {
+                event_id: "e".into(),
+                timestamp: 1,
+            },
+            code: 404,
+            reason: "no device".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            json!({"event_id":"e","timestamp":1,"code":404,"reason":"no device"})
+        );
         let data = DeviceData {
             base: BaseMessage::default(),
-            data: BTreeMap::from([("speed".to_string(), DataValue { value: "1".into(), metadata: DataMetadata { timestamp: 5, type_: "float".into() } })]),
+            data: BTreeMap::from([(
+                "speed".to_string(),
+                DataValue {
+                    value: "1".into(),
+                    metadata: DataMetadata {
+                        timestamp: 5,
+                        type_: "float".into(),
+                    },
+                },
+            )]),
         };
-        assert_eq!(serde_json::to_value(&data).unwrap()["data"]["speed"]["metadata"]["type"], "float");
-        let doc = TwinDocument { base: BaseMessage::default(), twin: BTreeMap::from([("s".to_string(), TwinDoc { last: None, current: Some(MsgTwin::default()) })]) };
+        assert_eq!(
+            serde_json::to_value(&data).unwrap()["data"]["speed"]["metadata"]["type"],
+            "float"
+        );
+        let doc = TwinDocument {
+            base: BaseMessage::default(),
+            twin: BTreeMap::from([(
+                "s".to_string(),
+                TwinDoc {
+                    last: None,
+                    current: Some(MsgTwin::default()),
+                },
+            )]),
+        };
         let v = serde_json::to_value(&doc).unwrap();
         assert!(v["twin"]["s"]["last"].is_null() && v["twin"]["s"]["current"].is_object());
-        let m = MembershipDetail { base: BaseMessage::default(), devices: vec![MembershipDevice { id: "ns/a".into(), name: "a".into(), state: "online".into(), ..Default::default() }] };
-        assert_eq!(serde_json::to_value(&m).unwrap()["devices"][0], json!({"id":"ns/a","name":"a","state":"online"}));
+        let m = MembershipDetail {
+            base: BaseMessage::default(),
+            devices: vec![MembershipDevice {
+                id: "ns/a".into(),
+                name: "a".into(),
+                state: "online".into(),
+                ..Default::default()
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(&m).unwrap()["devices"][0],
+            json!({"id":"ns/a","name":"a","state":"online"})
+        );
     }
 }

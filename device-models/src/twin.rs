@@ -146,18 +146,30 @@ mod tests {
         let local = set_local_desired(Some(&tv("60", 4, 0)), "55".into(), 10);
         assert_eq!(local.version, TwinVersion { cloud: 4, edge: 1 });
         // The cloud resends version 4 after a reconnect: the local change stands.
-        assert_eq!(merge_desired(Some(&local), &tv("60", 4, 0)), DesiredMerge::KeepLocal);
+        assert_eq!(
+            merge_desired(Some(&local), &tv("60", 4, 0)),
+            DesiredMerge::KeepLocal
+        );
         // An older cloud version never wins.
-        assert_eq!(merge_desired(Some(&local), &tv("50", 2, 0)), DesiredMerge::KeepLocal);
+        assert_eq!(
+            merge_desired(Some(&local), &tv("50", 2, 0)),
+            DesiredMerge::KeepLocal
+        );
         // Nothing local: the cloud's value is taken.
-        assert_eq!(merge_desired(None, &tv("60", 4, 0)), DesiredMerge::TakeCloud(tv("60", 4, 0)));
+        assert_eq!(
+            merge_desired(None, &tv("60", 4, 0)),
+            DesiredMerge::TakeCloud(tv("60", 4, 0))
+        );
     }
 
     #[test]
     fn reported_edge_always_wins() {
         let edge = tv("21.5", 0, 9);
         let cloud = tv("20.0", 0, 12);
-        assert_eq!(merge_reported(Some(&edge), Some(&cloud)), Some(edge.clone()));
+        assert_eq!(
+            merge_reported(Some(&edge), Some(&cloud)),
+            Some(edge.clone())
+        );
         assert_eq!(merge_reported(None, Some(&cloud)), Some(cloud));
         assert_eq!(merge_reported(None, None), None);
         let next = set_reported(Some(&edge), "22".into(), 5);

@@ -132,7 +132,8 @@ fn check_name(what: &str, name: Option<&str>, max: usize, dots: bool) -> Result<
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         return Err(format!("missing (every {what} needs a name)"));
     };
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
     let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if name.len() > max || !name.chars().all(ok_char) || !edges_ok {
@@ -167,11 +168,20 @@ pub fn validate(loaded: LoadedObjects) -> DeviceSet {
             diagnostics.push(m.diag(Severity::Error, "metadata.name", e));
             continue;
         }
-        if let Err(e) = check_name("namespace", meta.namespace.as_deref().or(Some("default")), 63, false) {
+        if let Err(e) = check_name(
+            "namespace",
+            meta.namespace.as_deref().or(Some("default")),
+            63,
+            false,
+        ) {
             diagnostics.push(m.diag(Severity::Error, "metadata.namespace", e));
             continue;
         }
-        let key = format!("{}/{}", namespace_of(meta), meta.name.as_deref().unwrap_or(""));
+        let key = format!(
+            "{}/{}",
+            namespace_of(meta),
+            meta.name.as_deref().unwrap_or("")
+        );
         if let Some(first) = model_at.get(&key) {
             diagnostics.push(m.diag(
                 Severity::Error,
@@ -227,7 +237,11 @@ pub fn validate(loaded: LoadedObjects) -> DeviceSet {
 
 fn push_issues<T>(obj: &Loaded<T>, issues: Vec<FieldIssue>, out: &mut Vec<Diagnostic>) {
     for i in issues {
-        let sev = if i.warning { Severity::Warning } else { Severity::Error };
+        let sev = if i.warning {
+            Severity::Warning
+        } else {
+            Severity::Error
+        };
         out.push(if i.at_key {
             obj.diag_key(sev, &i.path, i.message)
         } else {
@@ -237,7 +251,10 @@ fn push_issues<T>(obj: &Loaded<T>, issues: Vec<FieldIssue>, out: &mut Vec<Diagno
 }
 
 fn is_numeric(ty: PropertyType) -> bool {
-    matches!(ty, PropertyType::Int | PropertyType::Float | PropertyType::Double)
+    matches!(
+        ty,
+        PropertyType::Int | PropertyType::Float | PropertyType::Double
+    )
 }
 
 fn check_model(m: &Loaded<DeviceModel>, out: &mut Vec<Diagnostic>) {
@@ -245,14 +262,23 @@ fn check_model(m: &Loaded<DeviceModel>, out: &mut Vec<Diagnostic>) {
     for (i, p) in m.object.properties().iter().enumerate() {
         let base = format!("spec.properties[{i}]");
         let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
-            out.push(m.diag(Severity::Error, &format!("{base}.name"), "missing (every property needs a name)"));
-            continue;
-        };
-        if name.chars().any(|c| c.is_control() || c == '/' || c == '+' || c == '#') {
             out.push(m.diag(
                 Severity::Error,
                 &format!("{base}.name"),
-                format!("{name:?}: a property name may not hold control characters, '/', '+' or '#'"),
+                "missing (every property needs a name)",
+            ));
+            continue;
+        };
+        if name
+            .chars()
+            .any(|c| c.is_control() || c == '/' || c == '+' || c == '#')
+        {
+            out.push(m.diag(
+                Severity::Error,
+                &format!("{base}.name"),
+                format!(
+                    "{name:?}: a property name may not hold control characters, '/', '+' or '#'"
+                ),
             ));
         }
         if let Some(first) = seen.insert(name, i) {
@@ -271,27 +297,31 @@ fn check_model(m: &Loaded<DeviceModel>, out: &mut Vec<Diagnostic>) {
             Some(ty) => {
                 let bounds = [("minimum", &p.minimum), ("maximum", &p.maximum)];
                 for (key, bound) in bounds {
-                    if let Some(b) = bound {
-                        if is_numeric(ty) && b.trim().parse::<f64>().is_err() {
-                            out.push(m.diag(
-                                Severity::Error,
-                                &format!("{base}.{key}"),
-                                format!("{b:?} is not a number"),
-                            ));
-                        }
+                    if let Some(b) = bound
+                        && is_numeric(ty)
+                        && b.trim().parse::<f64>().is_err()
+                    {
+                        out.push(m.diag(
+                            Severity::Error,
+                            &format!("{base}.{key}"),
+                            format!("{b:?} is not a number"),
+                        ));
                     }
                 }
                 if let (Some(lo), Some(hi)) = (
-                    p.minimum.as_deref().and_then(|s| s.trim().parse::<f64>().ok()),
-                    p.maximum.as_deref().and_then(|s| s.trim().parse::<f64>().ok()),
-                ) {
-                    if lo > hi {
-                        out.push(m.diag(
-                            Severity::Error,
-                            &format!("{base}.minimum"),
-                            format!("minimum {lo} is above maximum {hi}"),
-                        ));
-                    }
+                    p.minimum
+                        .as_deref()
+                        .and_then(|s| s.trim().parse::<f64>().ok()),
+                    p.maximum
+                        .as_deref()
+                        .and_then(|s| s.trim().parse::<f64>().ok()),
+                ) && lo > hi
+                {
+                    out.push(m.diag(
+                        Severity::Error,
+                        &format!("{base}.minimum"),
+                        format!("minimum {lo} is above maximum {hi}"),
+                    ));
                 }
             }
         }
@@ -308,7 +338,11 @@ fn check_cycle(
     if v <= 0 {
         // KubeEdge treats 0 as "use the default".
         if v < 0 {
-            out.push(d.diag(Severity::Error, path, format!("{v} ms: a cycle must be positive")));
+            out.push(d.diag(
+                Severity::Error,
+                path,
+                format!("{v} ms: a cycle must be positive"),
+            ));
         }
         return None;
     }
@@ -397,16 +431,15 @@ fn check_device(
             }
         }
     };
-    if let (Some(i), Some(m)) = (proto, model) {
-        if let Some(mp) = m.object.spec.protocol.as_deref() {
-            if protocol_index(mp) != Some(i) {
-                out.push(d.diag(
-                    Severity::Warning,
-                    "spec.protocol.protocolName",
-                    format!("{proto_name:?} differs from its model's protocol {mp:?}"),
-                ));
-            }
-        }
+    if let (Some(i), Some(m)) = (proto, model)
+        && let Some(mp) = m.object.spec.protocol.as_deref()
+        && protocol_index(mp) != Some(i)
+    {
+        out.push(d.diag(
+            Severity::Warning,
+            "spec.protocol.protocolName",
+            format!("{proto_name:?} differs from its model's protocol {mp:?}"),
+        ));
     }
     let device_protocol = proto.and_then(|i| {
         let cfg = spec.protocol.as_ref().and_then(|p| p.config_data.as_ref());
@@ -415,7 +448,12 @@ fn check_device(
         p
     });
 
-    check_cycle(d, "spec.stateReport.reportCycle", spec.state_report.as_ref().and_then(|s| s.report_cycle), out);
+    check_cycle(
+        d,
+        "spec.stateReport.reportCycle",
+        spec.state_report.as_ref().and_then(|s| s.report_cycle),
+        out,
+    );
 
     // Properties.
     let mut props = Vec::new();
@@ -423,7 +461,11 @@ fn check_device(
     for (i, p) in d.object.properties().iter().enumerate() {
         let base = format!("spec.properties[{i}]");
         let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) else {
-            out.push(d.diag(Severity::Error, &format!("{base}.name"), "missing (the model property this configures)"));
+            out.push(d.diag(
+                Severity::Error,
+                &format!("{base}.name"),
+                "missing (the model property this configures)",
+            ));
             continue;
         };
         if let Some(first) = seen.insert(name, i) {
@@ -439,15 +481,23 @@ fn check_device(
             Some(m) => match m.object.property(name) {
                 Some(mp) => Some(mp),
                 None => {
-                    let known: Vec<&str> =
-                        m.object.properties().iter().filter_map(|p| p.name.as_deref()).collect();
+                    let known: Vec<&str> = m
+                        .object
+                        .properties()
+                        .iter()
+                        .filter_map(|p| p.name.as_deref())
+                        .collect();
                     out.push(d.diag(
                         Severity::Error,
                         &format!("{base}.name"),
                         format!(
                             "property {name:?} is not in model {:?} (it has {})",
                             m.object.metadata.name.as_deref().unwrap_or(""),
-                            if known.is_empty() { "no properties".to_string() } else { known.join(", ") }
+                            if known.is_empty() {
+                                "no properties".to_string()
+                            } else {
+                                known.join(", ")
+                            }
                         ),
                     ));
                     None
@@ -459,14 +509,14 @@ fn check_device(
 
         // Visitor.
         let visitor = proto.and_then(|pi| {
-            if let Some(vp) = p.visitors.as_ref().and_then(|v| v.protocol_name.as_deref()) {
-                if protocol_index(vp) != Some(pi) {
-                    out.push(d.diag(
-                        Severity::Error,
-                        &format!("{base}.visitors.protocolName"),
-                        format!("{vp:?} differs from the device's protocol {proto_name:?}"),
-                    ));
-                }
+            if let Some(vp) = p.visitors.as_ref().and_then(|v| v.protocol_name.as_deref())
+                && protocol_index(vp) != Some(pi)
+            {
+                out.push(d.diag(
+                    Severity::Error,
+                    &format!("{base}.visitors.protocolName"),
+                    format!("{vp:?} differs from the device's protocol {proto_name:?}"),
+                ));
             }
             let cfg = p.visitors.as_ref().and_then(|v| v.config_data.as_ref());
             let (v, issues) = protocol::parse_property_visitor(
@@ -509,8 +559,12 @@ fn check_device(
             None => true,
         };
         let range = (
-            mp.minimum.as_deref().and_then(|s| s.trim().parse::<f64>().ok()),
-            mp.maximum.as_deref().and_then(|s| s.trim().parse::<f64>().ok()),
+            mp.minimum
+                .as_deref()
+                .and_then(|s| s.trim().parse::<f64>().ok()),
+            mp.maximum
+                .as_deref()
+                .and_then(|s| s.trim().parse::<f64>().ok()),
         );
         let desired = p.desired.as_ref().and_then(|des| {
             let path = format!("{base}.desired.value");
@@ -562,7 +616,11 @@ fn check_device(
         props.push(PropertyConfig {
             name: name.to_string(),
             ty,
-            access: if writable_visitor { access } else { AccessMode::ReadOnly },
+            access: if writable_visitor {
+                access
+            } else {
+                AccessMode::ReadOnly
+            },
             visitor,
             collect_cycle,
             report_cycle: report.unwrap_or(collect_cycle),

@@ -150,7 +150,7 @@ impl fmt::Display for Value {
 
 fn decode_hex(t: &str) -> Option<Vec<u8>> {
     let t = t.strip_prefix("0x").unwrap_or(t);
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return None;
     }
     (0..t.len())
@@ -173,7 +173,10 @@ mod tests {
             Value::parse(PropertyType::Int, "18446744073709551615"),
             Ok(Value::Uint(u64::MAX))
         );
-        assert_eq!(Value::parse(PropertyType::Float, "0.1"), Ok(Value::Float(0.1)));
+        assert_eq!(
+            Value::parse(PropertyType::Float, "0.1"),
+            Ok(Value::Float(0.1))
+        );
         assert!(matches!(
             Value::parse(PropertyType::Double, "NaN"),
             Err(ValueError::NotFinite(_))
@@ -182,7 +185,10 @@ mod tests {
             Value::parse(PropertyType::Double, "inf"),
             Err(ValueError::NotFinite(_))
         ));
-        assert_eq!(Value::parse(PropertyType::Boolean, "ON"), Ok(Value::Bool(true)));
+        assert_eq!(
+            Value::parse(PropertyType::Boolean, "ON"),
+            Ok(Value::Bool(true))
+        );
         assert!(Value::parse(PropertyType::Boolean, "yes please").is_err());
         assert_eq!(
             Value::parse(PropertyType::Bytes, "0a1bff"),
@@ -209,10 +215,22 @@ mod tests {
 
     #[test]
     fn presented_as_the_model_type() {
-        assert_eq!(Value::Bool(true).to_type(PropertyType::Int), Some(Value::Int(1)));
-        assert_eq!(Value::Int(7).to_type(PropertyType::Float), Some(Value::Float(7.0)));
-        assert_eq!(Value::Float(2.6).to_type(PropertyType::Int), Some(Value::Int(3)));
-        assert_eq!(Value::Int(0).to_type(PropertyType::Boolean), Some(Value::Bool(false)));
+        assert_eq!(
+            Value::Bool(true).to_type(PropertyType::Int),
+            Some(Value::Int(1))
+        );
+        assert_eq!(
+            Value::Int(7).to_type(PropertyType::Float),
+            Some(Value::Float(7.0))
+        );
+        assert_eq!(
+            Value::Float(2.6).to_type(PropertyType::Int),
+            Some(Value::Int(3))
+        );
+        assert_eq!(
+            Value::Int(0).to_type(PropertyType::Boolean),
+            Some(Value::Bool(false))
+        );
         assert_eq!(Value::String("a".into()).to_type(PropertyType::Int), None);
     }
 

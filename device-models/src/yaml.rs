@@ -128,18 +128,18 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
     }
     // YAML 1.2 core booleans only: `n`, `y`, `on`, `off` (a parity of `N`, a key `y`) stay text.
     let options = serde_saphyr::options! { strict_booleans: true };
-    let roots: Vec<Spanned<Node>> =
-        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
-        let pos = e.location().map(Pos::from).unwrap_or_default();
-        let rendered = e.without_snippet().to_string();
-        let message = rendered
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        SyntaxError { pos, message }
-    })?;
+    let roots: Vec<Spanned<Node>> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|e| {
+            let pos = e.location().map(Pos::from).unwrap_or_default();
+            let rendered = e.without_snippet().to_string();
+            let message = rendered
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            SyntaxError { pos, message }
+        })?;
     Ok(roots
         .into_iter()
         .map(|root| {
@@ -313,12 +313,27 @@ mod tests {
         assert_eq!(docs.len(), 1);
         let d = &docs[0];
         assert_eq!(d.value["spec"]["list"][0]["x"], "hello");
-        assert_eq!(d.positions.value("spec.list[0].x"), Pos { line: 4, column: 10 });
-        assert_eq!(d.positions.key("spec.list[0].y"), Pos { line: 5, column: 7 });
+        assert_eq!(
+            d.positions.value("spec.list[0].x"),
+            Pos {
+                line: 4,
+                column: 10
+            }
+        );
+        assert_eq!(
+            d.positions.key("spec.list[0].y"),
+            Pos { line: 5, column: 7 }
+        );
         // YAML 1.1 booleans are text.
         assert_eq!(d.value["spec"]["list"][0]["n"], "off");
         // A path that does not exist falls back to its nearest ancestor.
-        assert_eq!(d.positions.value("spec.list[0].x.missing"), Pos { line: 4, column: 10 });
+        assert_eq!(
+            d.positions.value("spec.list[0].x.missing"),
+            Pos {
+                line: 4,
+                column: 10
+            }
+        );
     }
 
     #[test]

@@ -105,7 +105,10 @@ impl<'a> Fields<'a> {
             Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
             Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
             other => {
-                self.error(key, format!("expected true or false, found {}", show(other)));
+                self.error(
+                    key,
+                    format!("expected true or false, found {}", show(other)),
+                );
                 None
             }
         }
@@ -155,7 +158,10 @@ impl<'a> Fields<'a> {
     /// into `allowed`.
     pub fn one_of(&mut self, key: &'static str, what: &str, allowed: &[&str]) -> Option<usize> {
         let s = self.string(key)?;
-        match allowed.iter().position(|a| a.eq_ignore_ascii_case(s.trim())) {
+        match allowed
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(s.trim()))
+        {
             Some(i) => Some(i),
             None => {
                 self.error(

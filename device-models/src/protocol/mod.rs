@@ -62,7 +62,10 @@ pub(crate) fn parse_serial_settings(
 ) -> Option<SerialSettings> {
     let port = f.string(port_key);
     if port.is_none() && !f.has(port_key) {
-        f.error(port_key, "missing (the serial device path, for instance /dev/ttyUSB0)");
+        f.error(
+            port_key,
+            "missing (the serial device path, for instance /dev/ttyUSB0)",
+        );
     }
     let baud_rate = f.int("baudRate", 1, 4_000_000).unwrap_or(19200);
     if f.has("baudRate") && !BAUD_RATES.contains(&baud_rate) {
@@ -73,11 +76,7 @@ pub(crate) fn parse_serial_settings(
     }
     let data_bits = f.int("dataBits", 5, 8).unwrap_or(8) as u8;
     let stop_bits = f.int("stopBits", 1, 2).unwrap_or(1) as u8;
-    let parity = match f.one_of(
-        "parity",
-        "parity",
-        &["none", "even", "odd", "N", "E", "O"],
-    ) {
+    let parity = match f.one_of("parity", "parity", &["none", "even", "odd", "N", "E", "O"]) {
         Some(0 | 3) => Parity::None,
         Some(2 | 5) => Parity::Odd,
         _ => Parity::Even,
@@ -180,7 +179,10 @@ pub fn parse_property_visitor(
 pub(crate) fn parse_scaling(f: &mut Fields<'_>) -> Scaling {
     let scale = f.f64("scale").unwrap_or(1.0);
     if scale == 0.0 {
-        f.error("scale", "must not be 0 (a written value could not be unscaled)");
+        f.error(
+            "scale",
+            "must not be 0 (a written value could not be unscaled)",
+        );
     }
     let value_offset = f.f64("valueOffset").unwrap_or(0.0);
     let deadband = f.f64("deadband");

@@ -382,23 +382,21 @@ pub fn parse_visitor(
         None => from_flags,
     };
     let bit = f.int("bit", 0, 15).map(|b| b as u8);
+    // Mark dataType as read even when the register kind is broken, so it is not "unknown".
+    f.has("dataType");
     let data_type = register.and_then(|kind| data_type(&mut f, kind, limit, bit));
     if let (Some(a), Some(dt)) = (address, data_type) {
         let last = u32::from(a) + u32::from(dt.registers()) - 1;
         if last > 65535 {
             f.error(
                 "offset",
-                format!(
-                    "{dt} at {a} ends at {last}, past the last Modbus address 65535"
-                ),
+                format!("{dt} at {a} ends at {last}, past the last Modbus address 65535"),
             );
         }
     }
     let issues = f.finish();
     let visitor = match (register, address, data_type) {
-        (Some(register), Some(address), Some(data_type))
-            if issues.iter().all(|i| i.warning) =>
-        {
+        (Some(register), Some(address), Some(data_type)) if issues.iter().all(|i| i.warning) => {
             Some(ModbusVisitor {
                 register,
                 address,
@@ -466,8 +464,15 @@ fn data_type(
         // KubeEdge reads a one-register "float" as an integer register, then scales it.
         "float" => by_limit(DataType::Int16, DataType::Float32, DataType::Float64),
         "double" => by_limit(DataType::Int16, DataType::Float32, DataType::Float64),
-        "bool" | "boolean" => by_limit(DataType::Bool, DataType::Bool, DataType::Bool)
-            .and_then(|d| if limit.unwrap_or(1) == 1 { Ok(d) } else { Err(limit.unwrap_or(1)) }),
+        "bool" | "boolean" => {
+            by_limit(DataType::Bool, DataType::Bool, DataType::Bool).and_then(|d| {
+                if limit.unwrap_or(1) == 1 {
+                    Ok(d)
+                } else {
+                    Err(limit.unwrap_or(1))
+                }
+            })
+        }
         "string" => Ok(DataType::String(limit.unwrap_or(1))),
         "bytes" => Ok(DataType::Bytes(limit.unwrap_or(1))),
         "bit" => match bit {
@@ -499,7 +504,10 @@ fn data_type(
     };
     match dt {
         Ok(DataType::Bit(_)) if limit.is_some_and(|l| l != 1) => {
-            f.error("limit", "dataType bit reads one register, so limit must be 1");
+            f.error(
+                "limit",
+                "dataType bit reads one register, so limit must be 1",
+            );
             None
         }
         Ok(dt) => {
@@ -539,27 +547,35 @@ mod tests {
 
     #[test]
     fn kubeedge_tcp_protocol_with_port_as_text() {
-        let cfg = map(json!({"communicateMode": "TCP", "port": "5502", "slaveID": 1, "ip": "10.0.0.5"}));
+        let cfg =
+            map(json!({"communicateMode": "TCP", "port": "5502", "slaveID": 1, "ip": "10.0.0.5"}));
         let (p, issues) = parse_protocol(Some(&cfg), "spec.protocol.configData");
         assert!(issues.is_empty(), "{issues:?}");
         let p = p.unwrap();
         assert_eq!(p.slave_id, 1);
         assert_eq!(
             p.transport,
-            ModbusTransport::Tcp { host: "10.0.0.5".into(), port: 5502 }
+            ModbusTransport::Tcp {
+                host: "10.0.0.5".into(),
+                port: 5502
+            }
         );
         assert_eq!(p.timeout, Duration::from_secs(1));
     }
 
     #[test]
     fn rtu_protocol_with_serial_settings() {
-        let cfg = map(json!({"communicateMode": "RTU", "slaveID": 3, "serialName": "/dev/ttyS0",
+        let cfg = map(
+            json!({"communicateMode": "RTU", "slaveID": 3, "serialName": "/dev/ttyS0",
             "baudRate": 9600, "dataBits": 8, "stopBits": 1, "parity": "none", "rs485Enabled": false,
-            "timeout": 250}));
+            "timeout": 250}),
+        );
         let (p, issues) = parse_protocol(Some(&cfg), "p");
         assert!(issues.is_empty(), "{issues:?}");
         let p = p.unwrap();
-        let ModbusTransport::Rtu(s) = p.transport else { panic!("not rtu") };
+        let ModbusTransport::Rtu(s) = p.transport else {
+            panic!("not rtu")
+        };
         assert_eq!(s.port, "/dev/ttyS0");
         assert_eq!(s.baud_rate, 9600);
         assert_eq!(p.timeout, Duration::from_millis(250));
@@ -578,8 +594,10 @@ mod tests {
 
     #[test]
     fn kubeedge_visitor_float_one_register_is_scaled_int16() {
-        let cfg = map(json!({"dataType": "float", "register": "HoldingRegister", "offset": 0,
-            "limit": 1, "scale": 0.1, "isSwap": false, "isRegisterSwap": false, "max": 100.0, "min": 1.0}));
+        let cfg = map(
+            json!({"dataType": "float", "register": "HoldingRegister", "offset": 0,
+            "limit": 1, "scale": 0.1, "isSwap": false, "isRegisterSwap": false, "max": 100.0, "min": 1.0}),
+        );
         let (v, issues) = parse_visitor(Some(&cfg), "v");
         assert!(issues.is_empty(), "{issues:?}");
         let v = v.unwrap();
@@ -596,8 +614,10 @@ mod tests {
             (false, true, ByteOrder::Cdab),
             (true, true, ByteOrder::Dcba),
         ] {
-            let cfg = map(json!({"register": "InputRegister", "offset": 4, "dataType": "float32",
-                "isSwap": s, "isRegisterSwap": r}));
+            let cfg = map(
+                json!({"register": "InputRegister", "offset": 4, "dataType": "float32",
+                "isSwap": s, "isRegisterSwap": r}),
+            );
             let (v, issues) = parse_visitor(Some(&cfg), "v");
             assert!(issues.is_empty(), "{issues:?}");
             assert_eq!(v.unwrap().order, order);
@@ -609,7 +629,10 @@ mod tests {
         let cfg = map(json!({"register": "HoldReg", "offset": 0}));
         let (v, issues) = parse_visitor(Some(&cfg), "spec.properties[2].visitors.configData");
         assert!(v.is_none());
-        assert_eq!(issues[0].path, "spec.properties[2].visitors.configData.register");
+        assert_eq!(
+            issues[0].path,
+            "spec.properties[2].visitors.configData.register"
+        );
         assert_eq!(
             issues[0].message,
             "unknown register type \"HoldReg\" (expected CoilRegister, DiscreteInputRegister, \
@@ -620,14 +643,38 @@ mod tests {
     #[test]
     fn data_type_must_fit_register_kind_and_limit() {
         let cases = [
-            (json!({"register": "CoilRegister", "offset": 0, "dataType": "float"}), "v.dataType"),
-            (json!({"register": "CoilRegister", "offset": 0, "limit": 8}), "v.limit"),
-            (json!({"register": "HoldingRegister", "offset": 0, "dataType": "int32", "limit": 1}), "v.limit"),
-            (json!({"register": "HoldingRegister", "offset": 0, "dataType": "int", "limit": 3}), "v.limit"),
-            (json!({"register": "HoldingRegister", "offset": 65534, "dataType": "float64"}), "v.offset"),
-            (json!({"register": "HoldingRegister", "offset": 70000}), "v.offset"),
-            (json!({"register": "HoldingRegister", "offset": 1, "dataType": "bit"}), "v.bit"),
-            (json!({"register": "HoldingRegister", "offset": 1, "byteOrder": "CDAB", "isSwap": true}), "v.byteOrder"),
+            (
+                json!({"register": "CoilRegister", "offset": 0, "dataType": "float"}),
+                "v.dataType",
+            ),
+            (
+                json!({"register": "CoilRegister", "offset": 0, "limit": 8}),
+                "v.limit",
+            ),
+            (
+                json!({"register": "HoldingRegister", "offset": 0, "dataType": "int32", "limit": 1}),
+                "v.limit",
+            ),
+            (
+                json!({"register": "HoldingRegister", "offset": 0, "dataType": "int", "limit": 3}),
+                "v.limit",
+            ),
+            (
+                json!({"register": "HoldingRegister", "offset": 65534, "dataType": "float64"}),
+                "v.offset",
+            ),
+            (
+                json!({"register": "HoldingRegister", "offset": 70000}),
+                "v.offset",
+            ),
+            (
+                json!({"register": "HoldingRegister", "offset": 1, "dataType": "bit"}),
+                "v.bit",
+            ),
+            (
+                json!({"register": "HoldingRegister", "offset": 1, "byteOrder": "CDAB", "isSwap": true}),
+                "v.byteOrder",
+            ),
         ];
         for (cfg, path) in cases {
             let cfg = map(cfg);
@@ -642,8 +689,10 @@ mod tests {
 
     #[test]
     fn explicit_types_derive_their_width() {
-        let cfg = map(json!({"register": "HoldingRegister", "offset": 10, "dataType": "uint64",
-            "byteOrder": "dcba", "valueOffset": -40, "deadband": 0.5, "pollGroup": "fast"}));
+        let cfg = map(
+            json!({"register": "HoldingRegister", "offset": 10, "dataType": "uint64",
+            "byteOrder": "dcba", "valueOffset": -40, "deadband": 0.5, "pollGroup": "fast"}),
+        );
         let (v, issues) = parse_visitor(Some(&cfg), "v");
         assert!(issues.is_empty(), "{issues:?}");
         let v = v.unwrap();

@@ -81,7 +81,9 @@ pub fn check_topic_filter(t: &str) -> Result<(), String> {
 fn check_topic_name(t: &str) -> Result<(), String> {
     check_topic_filter(t)?;
     if t.contains(['+', '#']) {
-        return Err(format!("{t:?}: a topic to publish on cannot hold wildcards"));
+        return Err(format!(
+            "{t:?}: a topic to publish on cannot hold wildcards"
+        ));
     }
     Ok(())
 }
@@ -123,7 +125,10 @@ pub fn parse_protocol(
     };
     let topic = f.string("topic");
     match &topic {
-        None => f.error("topic", "missing (the topic the device publishes its readings on)"),
+        None => f.error(
+            "topic",
+            "missing (the topic the device publishes its readings on)",
+        ),
         Some(t) => {
             if let Err(e) = check_topic_filter(t) {
                 f.error("topic", e);
@@ -131,10 +136,10 @@ pub fn parse_protocol(
         }
     }
     let command_topic = f.string("commandTopic");
-    if let Some(t) = &command_topic {
-        if let Err(e) = check_topic_name(t) {
-            f.error("commandTopic", e);
-        }
+    if let Some(t) = &command_topic
+        && let Err(e) = check_topic_name(t)
+    {
+        f.error("commandTopic", e);
     }
     let qos = f.int("qos", 0, 1).unwrap_or(1) as u8;
     let client_id = f.string("clientId");
@@ -187,10 +192,10 @@ pub fn parse_visitor(
     }
     let scaling = parse_scaling(&mut f);
     let command = f.string("command");
-    if let Some(c) = &command {
-        if let Err(e) = check_value_template(c) {
-            f.error("command", e);
-        }
+    if let Some(c) = &command
+        && let Err(e) = check_value_template(c)
+    {
+        f.error("command", e);
     }
     let issues = f.finish();
     let visitor = match pointer {
@@ -223,32 +228,45 @@ mod tests {
     #[test]
     fn device_and_property() {
         let (p, issues) = parse_protocol(
-            Some(&obj(json!({"topic": "site/gas/gd101", "commandTopic": "site/gas/gd101/cmd"}))),
+            Some(&obj(
+                json!({"topic": "site/gas/gd101", "commandTopic": "site/gas/gd101/cmd"}),
+            )),
             "c",
         );
         assert!(issues.is_empty(), "{issues:?}");
         let p = p.unwrap();
         assert_eq!(p.broker, Broker::Embedded);
         assert_eq!(p.qos, 1);
-        let (v, issues) = parse_visitor(Some(&obj(json!({"pointer": "/gas/h2s", "scale": 0.1}))), "v");
+        let (v, issues) = parse_visitor(
+            Some(&obj(json!({"pointer": "/gas/h2s", "scale": 0.1}))),
+            "v",
+        );
         assert!(issues.is_empty());
         let v = v.unwrap();
         assert_eq!(v.pointer, "/gas/h2s");
         assert_eq!(v.scaling.scale, 0.1);
         // The pointer works with serde_json's own pointer lookup.
-        assert_eq!(json!({"gas": {"h2s": 4}}).pointer(&v.pointer), Some(&json!(4)));
+        assert_eq!(
+            json!({"gas": {"h2s": 4}}).pointer(&v.pointer),
+            Some(&json!(4))
+        );
     }
 
     #[test]
     fn errors() {
         let (p, issues) = parse_protocol(
-            Some(&obj(json!({"broker": "http://x", "topic": "a/#/b", "commandTopic": "a/+",
-                "password": "hunter2"}))),
+            Some(&obj(
+                json!({"broker": "http://x", "topic": "a/#/b", "commandTopic": "a/+",
+                "password": "hunter2"}),
+            )),
             "c",
         );
         assert!(p.is_none());
         let paths: Vec<_> = issues.iter().map(|i| i.path.as_str()).collect();
-        assert_eq!(paths, ["c.broker", "c.topic", "c.commandTopic", "c.password"]);
+        assert_eq!(
+            paths,
+            ["c.broker", "c.topic", "c.commandTopic", "c.password"]
+        );
         // The secret itself never appears in a message.
         assert!(issues.iter().all(|i| !i.message.contains("hunter2")));
         let (v, issues) = parse_visitor(Some(&obj(json!({"pointer": "gas.h2s"}))), "v");
@@ -256,7 +274,10 @@ mod tests {
         assert_eq!(issues[0].path, "v.pointer");
         assert_eq!(
             parse_broker("mqtt://10.1.2.3:2883"),
-            Ok(Broker::External { host: "10.1.2.3".into(), port: 2883 })
+            Ok(Broker::External {
+                host: "10.1.2.3".into(),
+                port: 2883
+            })
         );
     }
 }

@@ -76,7 +76,11 @@ pub fn crc16_modbus(data: &[u8]) -> u16 {
     for b in data {
         crc ^= u16::from(*b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
         }
     }
     crc
@@ -144,7 +148,9 @@ impl RecordFormat {
             let lead = usize::from(head.starts_with(['$', '!', ':']));
             let sep = head.chars().last().map_or(0, char::len_utf8);
             if head.len() < lead + sep || sep == 0 {
-                return Err("{checksum} needs a separator character before it, as in *{checksum}".into());
+                return Err(
+                    "{checksum} needs a separator character before it, as in *{checksum}".into(),
+                );
             }
             re.push_str(&regex::escape(&head[..lead]));
             re.push_str("(?P<body>");
@@ -282,9 +288,7 @@ fn template_regex(t: &str) -> Result<String, String> {
             + i;
         let name = &rest[i + 1..end];
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "field name {name:?} must be letters, digits and _"
-            ));
+            return Err(format!("field name {name:?} must be letters, digits and _"));
         }
         out.push_str(&format!("(?P<{name}>.*?)"));
         rest = &rest[end + 1..];
@@ -338,7 +342,10 @@ pub fn parse_protocol(
             Some(n) => Some(Framing::Length(n as usize)),
             None => {
                 if !f.has("frameLength") {
-                    f.error("frameLength", "missing (framing: length needs the record size in bytes)");
+                    f.error(
+                        "frameLength",
+                        "missing (framing: length needs the record size in bytes)",
+                    );
                 }
                 None
             }
@@ -381,7 +388,9 @@ pub fn parse_protocol(
             None
         }
     };
-    let command_suffix = f.string("commandSuffix").unwrap_or_else(|| "\r\n".to_string());
+    let command_suffix = f
+        .string("commandSuffix")
+        .unwrap_or_else(|| "\r\n".to_string());
     let issues = f.finish();
     let protocol = match (line, framing, format) {
         (Some(line), Some(framing), Some(format)) => Some(SerialProtocol {
@@ -406,7 +415,10 @@ pub fn parse_visitor(
     let mut f = Fields::new(config, path);
     let field = f.string("field");
     match (&field, fields) {
-        (None, _) => f.error("field", "missing (the record field that holds this property)"),
+        (None, _) => f.error(
+            "field",
+            "missing (the record field that holds this property)",
+        ),
         (Some(name), Some(known)) if !known.iter().any(|k| k == name) => f.error(
             "field",
             format!(
@@ -418,10 +430,10 @@ pub fn parse_visitor(
     }
     let scaling = parse_scaling(&mut f);
     let write = f.string("write");
-    if let Some(w) = &write {
-        if let Err(e) = check_value_template(w) {
-            f.error("write", e);
-        }
+    if let Some(w) = &write
+        && let Err(e) = check_value_template(w)
+    {
+        f.error("write", e);
     }
     let issues = f.finish();
     let visitor = match field {
@@ -442,13 +454,22 @@ mod tests {
 
     #[test]
     fn nmea_style_template_round_trips() {
-        let fmt = RecordFormat::from_template("$FLOW,{rate},{total}*{checksum}", Checksum::Xor8)
-            .unwrap();
+        let fmt =
+            RecordFormat::from_template("$FLOW,{rate},{total}*{checksum}", Checksum::Xor8).unwrap();
         assert_eq!(fmt.field_names(), vec!["rate", "total"]);
-        let values = BTreeMap::from([("rate", "12.5".to_string()), ("total", "1034.2".to_string())]);
+        let values = BTreeMap::from([
+            ("rate", "12.5".to_string()),
+            ("total", "1034.2".to_string()),
+        ]);
         let rec = fmt.render(&values).unwrap();
         let body = "FLOW,12.5,1034.2";
-        assert_eq!(rec, format!("$FLOW,12.5,1034.2*{}", Checksum::Xor8.format(body.as_bytes())));
+        assert_eq!(
+            rec,
+            format!(
+                "$FLOW,12.5,1034.2*{}",
+                Checksum::Xor8.format(body.as_bytes())
+            )
+        );
         let fields = fmt.parse(&rec).unwrap();
         assert_eq!(fields["rate"], "12.5");
         assert_eq!(fields["total"], "1034.2");
@@ -456,11 +477,17 @@ mod tests {
 
     #[test]
     fn corrupted_record_is_refused() {
-        let fmt = RecordFormat::from_template("$FLOW,{rate},{total}*{checksum}", Checksum::Xor8)
-            .unwrap();
-        let values = BTreeMap::from([("rate", "12.5".to_string()), ("total", "1034.2".to_string())]);
+        let fmt =
+            RecordFormat::from_template("$FLOW,{rate},{total}*{checksum}", Checksum::Xor8).unwrap();
+        let values = BTreeMap::from([
+            ("rate", "12.5".to_string()),
+            ("total", "1034.2".to_string()),
+        ]);
         let rec = fmt.render(&values).unwrap().replace("12.5", "13.5");
-        assert!(matches!(fmt.parse(&rec), Err(RecordError::BadChecksum { .. })));
+        assert!(matches!(
+            fmt.parse(&rec),
+            Err(RecordError::BadChecksum { .. })
+        ));
         assert!(matches!(fmt.parse("garbage"), Err(RecordError::NoMatch(_))));
     }
 
@@ -503,8 +530,14 @@ mod tests {
         let v = json!({"field": "totl"}).as_object().cloned().unwrap();
         let (vis, issues) = parse_visitor(Some(&v), "v", Some(&fields));
         assert!(vis.is_none());
-        assert!(issues[0].message.contains("has no field \"totl\""), "{issues:?}");
-        let v = json!({"field": "total", "write": "$ZERO"}).as_object().cloned().unwrap();
+        assert!(
+            issues[0].message.contains("has no field \"totl\""),
+            "{issues:?}"
+        );
+        let v = json!({"field": "total", "write": "$ZERO"})
+            .as_object()
+            .cloned()
+            .unwrap();
         let (vis, issues) = parse_visitor(Some(&v), "v", Some(&fields));
         assert!(issues.is_empty(), "{issues:?}");
         assert_eq!(vis.unwrap().write.as_deref(), Some("$ZERO"));
@@ -512,7 +545,10 @@ mod tests {
 
     #[test]
     fn bad_pattern_is_an_error_not_a_panic() {
-        let cfg = json!({"serialName": "/dev/x", "pattern": "(unclosed"}).as_object().cloned().unwrap();
+        let cfg = json!({"serialName": "/dev/x", "pattern": "(unclosed"})
+            .as_object()
+            .cloned()
+            .unwrap();
         let (p, issues) = parse_protocol(Some(&cfg), "c");
         assert!(p.is_none());
         assert_eq!(issues[0].path, "c.pattern");
