@@ -10,7 +10,9 @@ command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v mbpoll >/dev/null 2>&1 || missing+=(mbpoll)
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
-/usr/bin/python3 -c 'import pymodbus' >/dev/null 2>&1 || missing+=(python3-pymodbus)
+# Debian's pymodbus imports serial_asyncio without depending on it.
+/usr/bin/python3 -c 'from pymodbus.client import ModbusTcpClient' >/dev/null 2>&1 \
+  || missing+=(python3-pymodbus python3-serial-asyncio)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]}" >&2
   sudo=""
