@@ -127,7 +127,16 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
         });
     }
     // YAML 1.2 core booleans only: `n`, `y`, `on`, `off` (a parity of `N`, a key `y`) stay text.
-    let options = serde_saphyr::options! { strict_booleans: true };
+    // Budgets sized for the largest file accepted (MAX_FILE_BYTES): a site file with
+    // thousands of devices is normal; alias expansion keeps its default limits (alias bombs).
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        budget: serde_saphyr::budget! {
+            max_nodes: 8_000_000,
+            max_events: 32_000_000,
+            max_documents: 100_000,
+        },
+    };
     let roots: Vec<Spanned<Node>> = serde_saphyr::from_multiple_with_options(text, options)
         .map_err(|e| {
             let pos = e.location().map(Pos::from).unwrap_or_default();

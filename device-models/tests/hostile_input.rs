@@ -74,3 +74,19 @@ fn deeply_nested_input_is_an_error() {
     load_str(Path::new("deep.yaml"), &deep, &mut out);
     assert!(out.diagnostics.iter().any(|d| d.is_error()));
 }
+
+#[test]
+fn a_large_site_file_loads() {
+    // 1,500 devices in one file: more documents and nodes than the YAML parser's defaults allow.
+    let mut text = String::from(MODELS);
+    for i in 0..1500 {
+        text.push_str(&format!(
+            "---\napiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata: {{name: gd-{i}, namespace: rig7}}\nspec:\n  deviceModelRef: {{name: gas-detector}}\n  protocol: {{protocolName: mqtt, configData: {{topic: t/{i}}}}}\n  properties:\n    - {{name: h2s, visitors: {{configData: {{pointer: /h2s}}}}}}\n    - {{name: lel, visitors: {{configData: {{pointer: /lel}}}}}}\n    - {{name: alarm, visitors: {{configData: {{pointer: /alarm}}}}}}\n"
+        ));
+    }
+    let mut out = LoadedObjects::default();
+    load_str(Path::new("site.yaml"), &text, &mut out);
+    let set = validate(out);
+    assert_eq!(set.errors(), 0, "{:?}", set.diagnostics.first());
+    assert_eq!(set.devices.len(), 1500);
+}
