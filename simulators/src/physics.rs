@@ -52,9 +52,9 @@ pub enum Physics {
 
 /// Tank cross-section, m² (small, so that levels move visibly in a demo).
 const TANK_AREA_M2: f64 = 5.0;
-/// High-high alarm trips at this level, m.
+/// High-high alarm trips at this level by default, m (`hh-trip-level` changes it).
 pub const HH_TRIP_M: f64 = 11.0;
-/// And clears below this one.
+/// And clears below this one (0.5 m under the trip level).
 pub const HH_CLEAR_M: f64 = 10.5;
 
 fn types_of(cfg: &DeviceConfig) -> Types {
@@ -138,6 +138,7 @@ impl Physics {
                 set(values, &types, "transfer-valve", 0.0);
                 set(values, &types, "hh-alarm-1", 0.0);
                 set(values, &types, "hh-alarm-2", 0.0);
+                set(values, &types, "hh-trip-level", HH_TRIP_M);
                 Physics::Tanks {
                     types,
                     levels,
@@ -255,10 +256,17 @@ impl Physics {
                 let h = dt / 3600.0 / TANK_AREA_M2;
                 levels[0] = (levels[0] + (inflow - transfer) * h).clamp(0.0, 12.0);
                 levels[1] = (levels[1] + (transfer - export) * h).clamp(0.0, 12.0);
+                // The trip level is a holding register an operator may change; the default
+                // when the map has none is HH_TRIP_M.
+                let trip = values
+                    .get("hh-trip-level")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(HH_TRIP_M);
+                let clear = trip - (HH_TRIP_M - HH_CLEAR_M);
                 for i in 0..2 {
-                    if levels[i] >= HH_TRIP_M {
+                    if levels[i] >= trip {
                         alarms[i] = true;
-                    } else if levels[i] < HH_CLEAR_M {
+                    } else if levels[i] < clear {
                         alarms[i] = false;
                     }
                 }

@@ -180,12 +180,31 @@ async fn mbpoll_reads_rtu_slaves_through_the_simulator_pty() {
     let (l3, l4) = (level(3), level(4));
     let out = tokio::task::spawn_blocking(move || {
         let read = |unit: &str, table: &str| {
+            // Two input registers or discrete inputs; one holding register or coil.
+            let count = if table == "3" || table == "1" {
+                "2"
+            } else {
+                "1"
+            };
             mbpoll(&[
                 "-m", "rtu", "-b", "19200", "-P", "even", "-a", unit, "-t", table, "-r", "1", "-c",
-                "2", "-1", "-o", "2", &path,
+                count, "-1", "-o", "2", &path,
             ])
         };
-        (read("3", "3"), read("4", "3"), read("3", "1"))
+        // The trip level (holding 0, uint16 mm): write 10.8 m to tank 4, read it back; and the
+        // transfer valve coil of tank 3.
+        let write = mbpoll(&[
+            "-m", "rtu", "-b", "19200", "-P", "even", "-a", "4", "-t", "4", "-r", "1", "-1", "-o",
+            "2", &path, "10800",
+        ]);
+        assert!(write.is_empty());
+        (
+            read("3", "3"),
+            read("4", "3"),
+            read("3", "1"),
+            read("4", "4"),
+            read("3", "0"),
+        )
     })
     .await
     .unwrap();
@@ -194,6 +213,12 @@ async fn mbpoll_reads_rtu_slaves_through_the_simulator_pty() {
     assert!((mm(&out.0[0]) - l3).abs() < 0.0011, "{out:?} vs {l3}");
     assert!((mm(&out.1[0]) - l4).abs() < 0.0011, "{out:?} vs {l4}");
     assert_eq!(out.2, ["0", "0"], "high-high alarms are off at start");
+    assert_eq!(out.3[0], "10800");
+    assert_eq!(out.4[0], "0", "transfer valve closed at start");
+    let trip = ep.slave(4).unwrap().lock().unwrap().values["hh-trip-level"]
+        .as_f64()
+        .unwrap();
+    assert!((trip - 10.8).abs() < 1e-9, "{trip}");
     assert!(simulators::modbus::Stats::get(&ep.stats.reads) >= 3);
 }
 

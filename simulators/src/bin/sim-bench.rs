@@ -68,7 +68,12 @@ impl tokio_modbus::server::Service for Zeros {
     type Future = std::future::Ready<Result<Option<Response>, ExceptionCode>>;
     fn call(&self, req: Self::Request) -> Self::Future {
         let r = match req.request {
-            tokio_modbus::Request::ReadHoldingRegisters(_, n) => Ok(Some(Response::ReadHoldingRegisters(vec![0; usize::from(n)]))),
+            tokio_modbus::Request::ReadHoldingRegisters(_, n) => {
+                Ok(Some(Response::ReadHoldingRegisters(vec![
+                    0;
+                    usize::from(n)
+                ])))
+            }
             _ => Err(ExceptionCode::IllegalFunction),
         };
         std::future::ready(r)
@@ -130,7 +135,10 @@ async fn throughput(secs: u64) -> Result<()> {
         let theirs = hammer(reference, conns, secs).await?;
         println!("| ballast-sim | {conns} | {ours:.0} |");
         println!("| tokio-modbus server, trivial service | {conns} | {theirs:.0} |");
-        println!("| ratio ballast-sim / tokio-modbus | {conns} | {:.2} |", ours / theirs);
+        println!(
+            "| ratio ballast-sim / tokio-modbus | {conns} | {:.2} |",
+            ours / theirs
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -171,7 +179,10 @@ fn proc_cpu_ticks(pid: u32) -> Result<u64> {
 
 fn proc_kb(pid: u32, key: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with(key)).context("status key")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .context("status key")?;
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
@@ -179,7 +190,13 @@ async fn fleet(plcs: usize, tags: usize, period: Duration, secs: u64) -> Result<
     use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
-        .args(["serve-fleet", "--plcs", &plcs.to_string(), "--tags", &tags.to_string()])
+        .args([
+            "serve-fleet",
+            "--plcs",
+            &plcs.to_string(),
+            "--tags",
+            &tags.to_string(),
+        ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -198,7 +215,9 @@ async fn fleet(plcs: usize, tags: usize, period: Duration, secs: u64) -> Result<
     // The read plan of one PLC: one request per table (the fleet map is contiguous per table).
     let mut plan: Vec<(device_models::protocol::modbus::RegisterKind, u16, u16)> = Vec::new();
     for p in &set.devices[0].properties {
-        let device_models::protocol::PropertyVisitor::Modbus(v) = &p.visitor else { continue };
+        let device_models::protocol::PropertyVisitor::Modbus(v) = &p.visitor else {
+            continue;
+        };
         match plan.iter_mut().find(|(k, ..)| *k == v.register) {
             Some((_, lo, hi)) => {
                 *lo = (*lo).min(v.address);
@@ -239,9 +258,17 @@ async fn fleet(plcs: usize, tags: usize, period: Duration, secs: u64) -> Result<
     }
     // Warm up two seconds, then measure.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (c0, r0, t0) = (proc_cpu_ticks(pid)?, reads.load(Ordering::Relaxed), Instant::now());
+    let (c0, r0, t0) = (
+        proc_cpu_ticks(pid)?,
+        reads.load(Ordering::Relaxed),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (c1, r1, wall) = (proc_cpu_ticks(pid)?, reads.load(Ordering::Relaxed), t0.elapsed());
+    let (c1, r1, wall) = (
+        proc_cpu_ticks(pid)?,
+        reads.load(Ordering::Relaxed),
+        t0.elapsed(),
+    );
     let rss = proc_kb(pid, "VmRSS:")?;
     let hwm = proc_kb(pid, "VmHWM:")?;
     for t in tasks {
@@ -266,11 +293,19 @@ async fn fleet(plcs: usize, tags: usize, period: Duration, secs: u64) -> Result<
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Cmd::Throughput { secs } => throughput(secs).await,
-            Cmd::Fleet { plcs, tags, period_ms, secs } => fleet(plcs, tags, Duration::from_millis(period_ms), secs).await,
+            Cmd::Fleet {
+                plcs,
+                tags,
+                period_ms,
+                secs,
+            } => fleet(plcs, tags, Duration::from_millis(period_ms), secs).await,
             Cmd::ServeFleet { plcs, tags } => serve_fleet(plcs, tags).await,
         }
     })
