@@ -76,7 +76,11 @@ pub enum PlanError {
 }
 
 fn max_len(kind: RegisterKind, limits: &ReadLimits) -> u16 {
-    if kind.is_bits() { limits.max_bits } else { limits.max_registers }
+    if kind.is_bits() {
+        limits.max_bits
+    } else {
+        limits.max_registers
+    }
 }
 
 type Key = (u8, RegisterKind, String);
@@ -84,7 +88,10 @@ type Key = (u8, RegisterKind, String);
 fn grouped(inputs: &[PlanInput]) -> BTreeMap<Key, Vec<&PlanInput>> {
     let mut groups: BTreeMap<Key, Vec<&PlanInput>> = BTreeMap::new();
     for p in inputs {
-        groups.entry((p.unit, p.kind, p.group.clone())).or_default().push(p);
+        groups
+            .entry((p.unit, p.kind, p.group.clone()))
+            .or_default()
+            .push(p);
     }
     for v in groups.values_mut() {
         v.sort_by_key(|p| (p.address, p.count, p.index));
@@ -107,7 +114,11 @@ fn build(key: &Key, run: &[&PlanInput]) -> Read {
         count: (stop - u32::from(start)) as u16,
         members: run
             .iter()
-            .map(|p| Member { index: p.index, offset: p.address - start, count: p.count })
+            .map(|p| Member {
+                index: p.index,
+                offset: p.address - start,
+                count: p.count,
+            })
             .collect(),
     }
 }
@@ -130,7 +141,11 @@ pub fn plan_per_property(inputs: &[PlanInput]) -> Vec<Read> {
         .collect()
 }
 
-fn plan_with_gap(inputs: &[PlanInput], limits: &ReadLimits, gap: u16) -> Result<Vec<Read>, PlanError> {
+fn plan_with_gap(
+    inputs: &[PlanInput],
+    limits: &ReadLimits,
+    gap: u16,
+) -> Result<Vec<Read>, PlanError> {
     let mut reads = Vec::new();
     for (key, props) in grouped(inputs) {
         let max = max_len(key.1, limits);
@@ -173,15 +188,31 @@ mod tests {
     use proptest::prelude::*;
 
     fn input(index: usize, kind: RegisterKind, address: u16, count: u16) -> PlanInput {
-        PlanInput { index, unit: 1, kind, address, count, group: "g".into() }
+        PlanInput {
+            index,
+            unit: 1,
+            kind,
+            address,
+            count,
+            group: "g".into(),
+        }
     }
 
-    const L: ReadLimits = ReadLimits { max_registers: 125, max_bits: 2000, max_gap: 10 };
+    const L: ReadLimits = ReadLimits {
+        max_registers: 125,
+        max_bits: 2000,
+        max_gap: 10,
+    };
 
     #[test]
     fn merges_holes_up_to_the_gap() {
         let h = RegisterKind::Holding;
-        let ps = [input(0, h, 0, 2), input(1, h, 2, 2), input(2, h, 10, 1), input(3, h, 30, 4)];
+        let ps = [
+            input(0, h, 0, 2),
+            input(1, h, 2, 2),
+            input(2, h, 10, 1),
+            input(3, h, 30, 4),
+        ];
         let reads = plan(&ps, &L).unwrap();
         assert_eq!(reads.len(), 2);
         assert_eq!((reads[0].start, reads[0].count), (0, 11));
@@ -200,26 +231,50 @@ mod tests {
         let overlap = [input(0, h, 10, 4), input(1, h, 12, 1)];
         let reads = plan(&overlap, &L).unwrap();
         assert_eq!(reads.len(), 1);
-        assert_eq!(reads[0].members[1], Member { index: 1, offset: 2, count: 1 });
-        let low = ReadLimits { max_registers: 8, ..L };
+        assert_eq!(
+            reads[0].members[1],
+            Member {
+                index: 1,
+                offset: 2,
+                count: 1
+            }
+        );
+        let low = ReadLimits {
+            max_registers: 8,
+            ..L
+        };
         assert!(plan(&ps, &low).unwrap().iter().all(|r| r.count <= 8));
     }
 
     #[test]
     fn tables_units_and_groups_stay_apart() {
-        let mut ps = vec![input(0, RegisterKind::Holding, 0, 1), input(1, RegisterKind::Input, 1, 1)];
-        ps.push(PlanInput { unit: 2, ..input(2, RegisterKind::Holding, 1, 1) });
-        ps.push(PlanInput { group: "slow".into(), ..input(3, RegisterKind::Holding, 2, 1) });
+        let mut ps = vec![
+            input(0, RegisterKind::Holding, 0, 1),
+            input(1, RegisterKind::Input, 1, 1),
+        ];
+        ps.push(PlanInput {
+            unit: 2,
+            ..input(2, RegisterKind::Holding, 1, 1)
+        });
+        ps.push(PlanInput {
+            group: "slow".into(),
+            ..input(3, RegisterKind::Holding, 2, 1)
+        });
         assert_eq!(plan(&ps, &L).unwrap().len(), 4);
         // Bits merge up to 2000.
-        let bits: Vec<_> = (0..3000).map(|i| input(i, RegisterKind::Coil, i as u16, 1)).collect();
+        let bits: Vec<_> = (0..3000)
+            .map(|i| input(i, RegisterKind::Coil, i as u16, 1))
+            .collect();
         assert_eq!(plan(&bits, &L).unwrap().len(), 2);
     }
 
     #[test]
     fn a_property_longer_than_a_read_is_an_error() {
         let ps = [input(0, RegisterKind::Holding, 0, 126)];
-        assert!(matches!(plan(&ps, &L), Err(PlanError::TooLong { max: 125, .. })));
+        assert!(matches!(
+            plan(&ps, &L),
+            Err(PlanError::TooLong { max: 125, .. })
+        ));
     }
 
     /// The least number of reads covering the sorted properties in runs (dynamic program).
