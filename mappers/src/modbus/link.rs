@@ -171,7 +171,51 @@ pub fn frame_gap(s: &SerialSettings) -> Duration {
     }
 }
 
-async fn connect(transport: &ModbusTransport) -> Result<Context, String> {
+/// A byte stream that counts what it reads, so that a timeout after bytes did arrive is told
+/// apart from silence: the device answered, but with garbage.
+#[derive(Debug)]
+struct Counting<T> {
+    inner: T,
+    read: Arc<AtomicU64>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn connect(transport: &ModbusTransport, read: &Arc<AtomicU64>) -> Result<Context, String> {
     match transport {
         ModbusTransport::Tcp { host, port } => {
             let addr = tokio::net::lookup_host((host.as_str(), *port))
@@ -185,7 +229,10 @@ async fn connect(transport: &ModbusTransport) -> Result<Context, String> {
                     .map_err(|_| format!("connect {addr}: timeout"))?
                     .map_err(|e| format!("connect {addr}: {e}"))?;
             let _ = stream.set_nodelay(true);
-            Ok(tokio_modbus::client::tcp::attach(stream))
+            Ok(tokio_modbus::client::tcp::attach(Counting {
+                inner: stream,
+                read: read.clone(),
+            }))
         }
         ModbusTransport::Rtu(s) => {
             let builder = tokio_serial::new(&s.port, s.baud_rate)
@@ -207,7 +254,13 @@ async fn connect(transport: &ModbusTransport) -> Result<Context, String> {
                 });
             let port = tokio_serial::SerialStream::open(&builder)
                 .map_err(|e| format!("open {}: {e}", s.port))?;
-            Ok(tokio_modbus::client::rtu::attach_slave(port, Slave(1)))
+            Ok(tokio_modbus::client::rtu::attach_slave(
+                Counting {
+                    inner: port,
+                    read: read.clone(),
+                },
+                Slave(1),
+            ))
         }
     }
 }
@@ -266,6 +319,7 @@ async fn run(
     let mut attempts: u32 = 0;
     let mut down_until: Option<(Instant, String)> = None;
     let mut degraded: HashMap<u8, Degraded> = HashMap::new();
+    let bytes_in = Arc::new(AtomicU64::new(0));
     loop {
         let job = tokio::select! {
             biased;
@@ -289,7 +343,7 @@ async fn run(
                 let _ = job.reply.send(Err(LinkError::Down(why.clone())));
                 continue;
             }
-            match connect(&transport).await {
+            match connect(&transport, &bytes_in).await {
                 Ok(c) => {
                     ctx = Some(c);
                     attempts = 0;
@@ -307,10 +361,20 @@ async fn run(
         let Some(c) = ctx.as_mut() else { continue };
         c.set_slave(Slave(job.unit));
         let t0 = Instant::now();
+        let bytes_before = bytes_in.load(Ordering::Relaxed);
         let r = tokio::time::timeout(job.timeout, exec(c, &job.op)).await;
         busy.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         requests.fetch_add(1, Ordering::Relaxed);
         let out = match r {
+            Err(_) if bytes_in.load(Ordering::Relaxed) > bytes_before => {
+                // Bytes came, but never a valid reply: garbage, not silence.
+                ctx = None;
+                Err(LinkError::Protocol(format!(
+                    "{} bytes that were not a valid reply within {:?}",
+                    bytes_in.load(Ordering::Relaxed) - bytes_before,
+                    job.timeout
+                )))
+            }
             Err(_) => {
                 // A late reply may still arrive: start over on a fresh connection or port.
                 ctx = None;
