@@ -50,6 +50,7 @@ pub fn at_port(mut cfg: DeviceConfig, path: &str) -> DeviceConfig {
 }
 
 /// A running mapper: feed it writes, read its events; stops when dropped.
+#[derive(Debug)]
 pub struct Running {
     pub events: mpsc::Receiver<Event>,
     pub writes: mpsc::Sender<WriteRequest>,
@@ -118,10 +119,10 @@ impl Running {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "device never became {want:?}");
-            if let Event::Health { health, .. } = self.next(left).await {
-                if health == want {
-                    return;
-                }
+            if let Event::Health { health, .. } = self.next(left).await
+                && health == want
+            {
+                return;
             }
         }
     }
@@ -148,10 +149,9 @@ impl Running {
             if let Event::Write {
                 id: got, outcome, ..
             } = self.next(left).await
+                && got == id
             {
-                if got == id {
-                    return outcome;
-                }
+                return outcome;
             }
         }
     }
