@@ -292,7 +292,11 @@ async fn p2() -> Result<()> {
         let per = measure(&sim, &planner::plan_per_property(&ins)).await?;
         let contiguous = measure(&sim, &planner::plan_contiguous(&ins, &limits)?).await?;
         let fill = measure(&sim, &planner::plan(&ins, &telegraf)?).await?;
-        let ours = measure(&sim, &planner::plan(&ins, &limits)?).await?;
+        let own = match &devs[0].protocol {
+            device_models::protocol::DeviceProtocol::Modbus(m) => m.limits,
+            _ => limits,
+        };
+        let ours = measure(&sim, &planner::plan(&ins, &own)?).await?;
         println!(
             "| {name} | {} | {per} | {contiguous} | {fill} | {ours} |",
             ins.len()

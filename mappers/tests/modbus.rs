@@ -191,6 +191,32 @@ async fn exceptions_make_a_device_unhealthy_and_others_keep_running() {
 }
 
 #[tokio::test]
+async fn a_device_that_refuses_holes_is_replanned() {
+    let sim = tcp_sim().await;
+    // The pump's input register 1 is unused (speed at 0, vibration at 2..=3); this PLC refuses
+    // reads that touch it.
+    sim.endpoint.set_faults(Faults {
+        exceptions: vec![ExceptionRule {
+            kind: Some(RegisterKind::Input),
+            address: 1,
+            code: ExceptionCode::IllegalDataAddress,
+        }],
+        ..Faults::default()
+    });
+    let links = fast_links();
+    let mut pump = mapper("rig7/pump-p201", &sim, &links);
+    pump.health(Health::Unhealthy, T).await;
+    // After the first refusal the merged read is split; every property arrives again.
+    pump.health(Health::Online, T).await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 6 {
+        for r in pump.readings(T).await {
+            seen.insert(r.property.to_string());
+        }
+    }
+}
+
+#[tokio::test]
 async fn no_reply_means_offline_then_recovery() {
     let sim = tcp_sim().await;
     let links = fast_links();

@@ -42,7 +42,8 @@ pub struct ReadLimits {
     pub max_registers: u16,
     /// Most coils or discrete inputs in one read (1..=2000, default 2000).
     pub max_bits: u16,
-    /// Largest hole of unused registers (or bits) a merged read may span (default 10).
+    /// Largest hole of unused registers (or bits) a merged read may span (default 125 on TCP,
+    /// 10 on RTU).
     pub max_gap: u16,
 }
 
@@ -275,7 +276,12 @@ pub fn parse_protocol(
     let limits = ReadLimits {
         max_registers: f.int("maxReadRegisters", 1, 125).map_or(125, |v| v as u16),
         max_bits: f.int("maxReadBits", 1, 2000).map_or(2000, |v| v as u16),
-        max_gap: f.int("maxGap", 0, 125).map_or(10, |v| v as u16),
+        // Filling a hole costs 2 bytes a register; a separate request costs a round trip on
+        // TCP but about 20 character times on a serial line. So fill freely on TCP, little
+        // on RTU.
+        max_gap: f
+            .int("maxGap", 0, 125)
+            .map_or(if rtu { 10 } else { 125 }, |v| v as u16),
     };
     let transport = if rtu {
         let serial = parse_serial_settings(&mut f, "serialName");
@@ -561,6 +567,7 @@ mod tests {
             }
         );
         assert_eq!(p.timeout, Duration::from_secs(1));
+        assert_eq!(p.limits.max_gap, 125);
     }
 
     #[test]
@@ -579,6 +586,7 @@ mod tests {
         assert_eq!(s.port, "/dev/ttyS0");
         assert_eq!(s.baud_rate, 9600);
         assert_eq!(p.timeout, Duration::from_millis(250));
+        assert_eq!(p.limits.max_gap, 10);
     }
 
     #[test]

@@ -70,6 +70,24 @@ impl Links {
     }
 }
 
+/// Whether a read spans addresses no property uses.
+fn has_holes(r: &Read) -> bool {
+    let mut spans: Vec<(u16, u16)> = r
+        .members
+        .iter()
+        .map(|m| (m.offset, m.offset + m.count))
+        .collect();
+    spans.sort_unstable();
+    let mut end = 0;
+    for (a, b) in spans {
+        if a > end {
+            return true;
+        }
+        end = end.max(b);
+    }
+    end < r.count
+}
+
 #[derive(Debug, Clone)]
 struct Prop {
     name: Arc<str>,
@@ -167,7 +185,7 @@ impl ModbusMapper {
     }
 
     /// Runs until shutdown.
-    pub async fn run(self, mut io: MapperIo) {
+    pub async fn run(mut self, mut io: MapperIo) {
         let link = self.links.get(&self.transport);
         let start = Instant::now();
         let mut next: Vec<Instant> = self.groups.iter().map(|_| start).collect();
@@ -193,7 +211,10 @@ impl ModbusMapper {
                 }
                 Some(w) = io.writes.recv() => self.write(&link, w, &io).await,
                 () = tokio::time::sleep_until(due) => {
-                    let (readings, h, reason) = self.poll(&link, &self.groups[gi]).await;
+                    let (readings, h, reason, split) = self.poll(&link, &self.groups[gi]).await;
+                    if !split.is_empty() {
+                        self.split(gi, &split);
+                    }
                     let iv = self.groups[gi].interval;
                     let now = Instant::now();
                     // Keep the cadence; if a poll overran a whole cycle, restart from now.
@@ -229,13 +250,58 @@ impl ModbusMapper {
         Some(v.to_type(p.ty).unwrap_or(v))
     }
 
-    /// Reads one poll group; returns the readings, the device health it shows, and why.
-    async fn poll(&self, link: &LinkHandle, g: &Group) -> (Vec<Reading>, Health, String) {
+    /// Replaces the reads `split` (indices into the group's reads) by reads without holes: the
+    /// device refused to read across unmapped addresses.
+    fn split(&mut self, gi: usize, split: &[usize]) {
+        let g = &mut self.groups[gi];
+        let mut reads = Vec::new();
+        for (i, r) in g.reads.drain(..).enumerate() {
+            if !split.contains(&i) {
+                reads.push(r);
+                continue;
+            }
+            let inputs: Vec<PlanInput> = r
+                .members
+                .iter()
+                .map(|m| PlanInput {
+                    index: m.index,
+                    unit: r.unit,
+                    kind: r.kind,
+                    address: r.start + m.offset,
+                    count: m.count,
+                    group: r.group.clone(),
+                })
+                .collect();
+            let limits = device_models::protocol::modbus::ReadLimits {
+                max_registers: r.count.max(1),
+                max_bits: r.count.max(1),
+                max_gap: 0,
+            };
+            match planner::plan_contiguous(&inputs, &limits) {
+                Ok(parts) => {
+                    tracing::warn!(device = %self.id, kind = %r.kind, start = r.start, count = r.count, parts = parts.len(),
+                        "device refused a read across unmapped addresses; reading without holes from now on");
+                    reads.extend(parts);
+                }
+                Err(_) => reads.push(r),
+            }
+        }
+        g.reads = reads;
+    }
+
+    /// Reads one poll group; returns the readings, the device health it shows, why, and the
+    /// reads to split because the device refused their holes.
+    async fn poll(
+        &self,
+        link: &LinkHandle,
+        g: &Group,
+    ) -> (Vec<Reading>, Health, String, Vec<usize>) {
+        let mut split = Vec::new();
         let mut readings = Vec::new();
         let (mut ok, mut refused, mut broken) = (0, 0, 0);
         let mut reason = String::new();
         let ts = now_ms();
-        for r in &g.reads {
+        for (ri, r) in g.reads.iter().enumerate() {
             let t0 = Instant::now();
             let op = Op::Read {
                 kind: r.kind,
@@ -274,6 +340,9 @@ impl ModbusMapper {
                     self.metrics.request(took);
                     self.metrics.error(ErrorKind::Exception);
                     refused += 1;
+                    if exc == tokio_modbus::ExceptionCode::IllegalDataAddress && has_holes(r) {
+                        split.push(ri);
+                    }
                     reason = format!(
                         "{} {}..{}: exception {exc}",
                         r.kind,
@@ -307,7 +376,7 @@ impl ModbusMapper {
         if health == Health::Online {
             reason = "answering".into();
         }
-        (readings, health, reason)
+        (readings, health, reason, split)
     }
 
     async fn write(&self, link: &LinkHandle, w: WriteRequest, io: &MapperIo) {
