@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crd::{AccessMode, Device, DeviceModel, PropertyType};
@@ -57,8 +58,8 @@ pub struct DeviceConfig {
     pub id: String,
     /// The object as loaded.
     pub device: Device,
-    /// Its model.
-    pub model: DeviceModel,
+    /// Its model (shared by every device of the model).
+    pub model: Arc<DeviceModel>,
     /// Device-level protocol settings.
     pub protocol: DeviceProtocol,
     /// Its properties, in file order.
@@ -161,7 +162,7 @@ pub fn validate(loaded: LoadedObjects) -> DeviceSet {
     };
 
     // Models first: devices refer to them.
-    let mut model_at: HashMap<String, &Loaded<DeviceModel>> = HashMap::new();
+    let mut model_at: HashMap<String, (&Loaded<DeviceModel>, Arc<DeviceModel>)> = HashMap::new();
     for m in &models {
         let meta = &m.object.metadata;
         if let Err(e) = check_name("model", meta.name.as_deref(), 253, true) {
@@ -182,7 +183,7 @@ pub fn validate(loaded: LoadedObjects) -> DeviceSet {
             namespace_of(meta),
             meta.name.as_deref().unwrap_or("")
         );
-        if let Some(first) = model_at.get(&key) {
+        if let Some((first, _)) = model_at.get(&key) {
             diagnostics.push(m.diag(
                 Severity::Error,
                 "metadata.name",
@@ -195,7 +196,7 @@ pub fn validate(loaded: LoadedObjects) -> DeviceSet {
             continue;
         }
         check_model(m, &mut diagnostics);
-        model_at.insert(key.clone(), m);
+        model_at.insert(key.clone(), (m, Arc::new(m.object.clone())));
         set.models.insert(key, m.object.clone());
     }
 
@@ -364,7 +365,7 @@ fn check_cycle(
 fn check_device(
     d: &Loaded<Device>,
     id: &str,
-    models: &HashMap<String, &Loaded<DeviceModel>>,
+    models: &HashMap<String, (&Loaded<DeviceModel>, Arc<DeviceModel>)>,
     out: &mut Vec<Diagnostic>,
 ) -> Option<DeviceConfig> {
     let spec = &d.object.spec;
@@ -381,7 +382,7 @@ fn check_device(
         Some(name) => {
             let key = format!("{ns}/{name}");
             match models.get(&key) {
-                Some(m) => Some(*m),
+                Some((m, arc)) => Some((*m, arc.clone())),
                 None => {
                     let mut known: Vec<&str> = models
                         .keys()
@@ -404,6 +405,11 @@ fn check_device(
                 }
             }
         }
+    };
+
+    let (model, model_arc) = match model {
+        Some((m, arc)) => (Some(m), Some(arc)),
+        None => (None, None),
     };
 
     // Protocol.
@@ -647,7 +653,7 @@ fn check_device(
     Some(DeviceConfig {
         id: id.to_string(),
         device: d.object.clone(),
-        model: model?.object.clone(),
+        model: model_arc?,
         protocol: device_protocol?,
         properties: props,
     })
