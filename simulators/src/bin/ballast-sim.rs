@@ -280,10 +280,15 @@ async fn start_tcp(
     set: &DeviceSet,
     seed: u64,
     listen: SocketAddr,
+    faults: Option<&ModbusFaultArgs>,
 ) -> Result<Option<simulators::modbus::tcp::TcpSim>> {
     let ep = modbus_endpoint(&set.devices, Line::Tcp, seed)?;
     if ep.units().is_empty() {
         return Ok(None);
+    }
+    // Faults are in place before anyone can connect.
+    if let Some(f) = faults {
+        f.apply(&ep);
     }
     let sim = simulators::modbus::tcp::spawn(listen, ep)
         .await
@@ -300,10 +305,14 @@ fn start_rtu_pty(
     set: &DeviceSet,
     seed: u64,
     baud: u32,
+    faults: Option<&ModbusFaultArgs>,
 ) -> Result<Option<(Arc<Endpoint>, AbortOnDrop)>> {
     let ep = modbus_endpoint(&set.devices, Line::Rtu, seed)?;
     if ep.units().is_empty() {
         return Ok(None);
+    }
+    if let Some(f) = faults {
+        f.apply(&ep);
     }
     let pty = Pty::open().context("open a pseudo-terminal")?;
     println!(
@@ -393,10 +402,9 @@ async fn main() -> Result<()> {
             faults,
         } => {
             let set = load_devices(&common.devices)?;
-            let Some(sim) = start_tcp(&set, common.seed, listen).await? else {
+            let Some(sim) = start_tcp(&set, common.seed, listen, Some(&faults)).await? else {
                 bail!("no Modbus TCP devices in {}", common.devices.display());
             };
-            faults.apply(&sim.endpoint);
             let _tick = AbortOnDrop(spawn_ticker(vec![sim.endpoint.clone()], common.tick));
             wait_for_ctrl_c().await
         }
@@ -409,10 +417,10 @@ async fn main() -> Result<()> {
         } => {
             let set = load_devices(&common.devices)?;
             if pty {
-                let Some((ep, _task)) = start_rtu_pty(&set, common.seed, baud)? else {
+                let Some((ep, _task)) = start_rtu_pty(&set, common.seed, baud, Some(&faults))?
+                else {
                     bail!("no Modbus RTU devices in {}", common.devices.display());
                 };
-                faults.apply(&ep);
                 let _tick = AbortOnDrop(spawn_ticker(vec![ep], common.tick));
                 return wait_for_ctrl_c().await;
             }
@@ -498,8 +506,8 @@ async fn main() -> Result<()> {
             broker,
         } => {
             let set = load_devices(&common.devices)?;
-            let tcp = start_tcp(&set, common.seed, listen).await?;
-            let rtu = start_rtu_pty(&set, common.seed, baud)?;
+            let tcp = start_tcp(&set, common.seed, listen, None).await?;
+            let rtu = start_rtu_pty(&set, common.seed, baud, None)?;
             let _serial = start_serial_ptys(&set, common.seed, &Default::default())?;
             let _mqtt = match &broker {
                 Some(b) => start_mqtt(&set, common.seed, b, Duration::from_secs(1), None)?,
