@@ -21,6 +21,11 @@ use mappers::modbus::planner::{self, PlanInput, Read};
 use mappers::{Event, Mapper, MapperIo, MapperOptions};
 use tokio::sync::{mpsc, watch};
 
+// mimalloc gives freed memory back to the system; glibc's malloc keeps what the YAML loader
+// used at its peak, which would hide the mappers' own footprint (see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench -p mappers --bench mapper_bench -- p1 [PLCS] [SECS] | p2 | p3 [SECS]"
