@@ -13,6 +13,7 @@
 pub mod metrics;
 pub mod modbus;
 pub mod mqtt;
+mod readback;
 pub mod serial;
 
 use std::sync::Arc;

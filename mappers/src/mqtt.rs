@@ -15,6 +15,7 @@ use serde_json::Value as Json;
 use tokio::time::Instant;
 
 use crate::metrics::ErrorKind;
+use crate::readback::ReadBacks;
 use crate::{
     BuildError, Event, Health, MapperIo, MapperOptions, Metrics, Quality, Reading, WriteOutcome,
     WriteRequest, backoff, jitter, now_ms,
@@ -62,12 +63,6 @@ fn json_value(p: &Prop, j: &Json) -> Option<Value> {
         _ => raw,
     };
     v.to_type(p.ty)
-}
-
-struct Pending {
-    id: u64,
-    property: String,
-    until: Instant,
 }
 
 impl MqttMapper {
@@ -131,21 +126,7 @@ impl MqttMapper {
         property: String,
         outcome: WriteOutcome,
     ) -> bool {
-        if matches!(outcome, WriteOutcome::Done { .. }) {
-            self.metrics
-                .writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.send(
-            io,
-            Event::Write {
-                device: self.id.clone(),
-                id,
-                property,
-                outcome,
-            },
-        )
-        .await
+        crate::readback::emit_write(io, &self.metrics, &self.id, id, property, outcome).await
     }
 
     fn command(&self, w: &WriteRequest) -> Result<(String, String), WriteOutcome> {
@@ -207,9 +188,9 @@ impl MqttMapper {
         let (client, mut eventloop) = AsyncClient::new(o, 64);
         let mut health: Option<Health> = None;
         let mut attempts = 0u32;
-        let mut pending: Vec<Pending> = Vec::new();
+        let mut pending = ReadBacks::default();
         loop {
-            let next_deadline = pending.iter().map(|p| p.until).min();
+            let next_deadline = pending.next_deadline();
             tokio::select! {
                 r = io.shutdown.changed() => {
                     if r.is_err() || *io.shutdown.borrow() {
@@ -220,16 +201,13 @@ impl MqttMapper {
                 Some(w) = io.writes.recv() => match self.command(&w) {
                     Err(outcome) => { self.finish_write(&io, w.id, w.property, outcome).await; }
                     Ok((topic, payload)) => match client.publish(topic, self.qos(), false, payload).await {
-                        Ok(()) => pending.push(Pending { id: w.id, property: w.property, until: Instant::now() + READ_BACK_WAIT }),
+                        Ok(()) => pending.push(w.id, w.property, READ_BACK_WAIT),
                         Err(e) => { self.finish_write(&io, w.id, w.property, WriteOutcome::LinkFailed(e.to_string())).await; }
                     },
                 },
-                () = async { if let Some(d) = next_deadline { tokio::time::sleep_until(d).await } else { std::future::pending().await } } => {
-                    let now = Instant::now();
-                    let (late, keep): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.until <= now);
-                    pending = keep;
-                    for p in late {
-                        self.finish_write(&io, p.id, p.property, WriteOutcome::Done { read_back: None }).await;
+                () = crate::readback::until(next_deadline) => {
+                    for (id, property) in pending.take_expired(Instant::now()) {
+                        self.finish_write(&io, id, property, WriteOutcome::Done { read_back: None }).await;
                     }
                 }
                 ev = eventloop.poll() => match ev {
@@ -274,7 +252,7 @@ impl MqttMapper {
         topic: &str,
         payload: &[u8],
         io: &MapperIo,
-        pending: &mut Vec<Pending>,
+        pending: &mut ReadBacks,
     ) -> bool {
         self.metrics.request(Duration::ZERO);
         let doc: Json = match serde_json::from_slice(payload) {
@@ -305,17 +283,7 @@ impl MqttMapper {
                 }
             }
         }
-        let mut done = Vec::new();
-        pending.retain(
-            |w| match readings.iter().find(|r| *r.property == w.property) {
-                Some(r) => {
-                    done.push((w.id, w.property.clone(), r.value.clone()));
-                    false
-                }
-                None => true,
-            },
-        );
-        for (id, property, v) in done {
+        for (id, property, v) in pending.take_answered(&readings) {
             if !self
                 .finish_write(io, id, property, WriteOutcome::Done { read_back: Some(v) })
                 .await

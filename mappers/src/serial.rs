@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::metrics::ErrorKind;
+use crate::readback::ReadBacks;
 use crate::{
     BuildError, Event, Health, MapperIo, MapperOptions, Metrics, Quality, Reading, WriteOutcome,
     WriteRequest, backoff, jitter, now_ms,
@@ -56,12 +57,6 @@ fn field_value(p: &Prop, text: &str) -> Option<Value> {
             Value::Float(v).to_type(p.ty)
         }
     }
-}
-
-struct Pending {
-    id: u64,
-    property: String,
-    until: Instant,
 }
 
 impl SerialMapper {
@@ -135,20 +130,7 @@ impl SerialMapper {
     }
 
     async fn finish_write(&self, io: &MapperIo, id: u64, property: String, outcome: WriteOutcome) {
-        if matches!(outcome, WriteOutcome::Done { .. }) {
-            self.metrics
-                .writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let _ = io
-            .events
-            .send(Event::Write {
-                device: self.id.clone(),
-                id,
-                property,
-                outcome,
-            })
-            .await;
+        crate::readback::emit_write(io, &self.metrics, &self.id, id, property, outcome).await;
     }
 
     /// The command bytes of a write, or why there are none.
@@ -249,9 +231,9 @@ impl SerialMapper {
         let mut buf: Vec<u8> = Vec::with_capacity(self.proto.max_frame_bytes * 2);
         let mut chunk = [0u8; 512];
         let mut bad_in_row = 0u32;
-        let mut pending: Vec<Pending> = Vec::new();
+        let mut pending = ReadBacks::default();
         loop {
-            let next_deadline = pending.iter().map(|p| p.until).min();
+            let next_deadline = pending.next_deadline();
             tokio::select! {
                 r = io.shutdown.changed() => {
                     if r.is_err() || *io.shutdown.borrow() {
@@ -266,16 +248,13 @@ impl SerialMapper {
                                 self.finish_write(io, w.id, w.property, WriteOutcome::LinkFailed(e.to_string())).await;
                                 return Some(format!("write: {e}"));
                             }
-                            pending.push(Pending { id: w.id, property: w.property, until: Instant::now() + READ_BACK_WAIT });
+                            pending.push(w.id, w.property, READ_BACK_WAIT);
                         }
                     }
                 }
-                () = async { if let Some(d) = next_deadline { tokio::time::sleep_until(d).await } else { std::future::pending().await } } => {
-                    let now = Instant::now();
-                    let (late, keep): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.until <= now);
-                    pending = keep;
-                    for p in late {
-                        self.finish_write(io, p.id, p.property, WriteOutcome::Done { read_back: None }).await;
+                () = crate::readback::until(next_deadline) => {
+                    for (id, property) in pending.take_expired(Instant::now()) {
+                        self.finish_write(io, id, property, WriteOutcome::Done { read_back: None }).await;
                     }
                 }
                 r = port.read(&mut chunk) => {
@@ -335,12 +314,7 @@ impl SerialMapper {
 
     /// Handles one frame; `Some(true)` when it parsed, `Some(false)` when not, `None` when the
     /// events channel is gone.
-    async fn record(
-        &self,
-        frame: &[u8],
-        io: &MapperIo,
-        pending: &mut Vec<Pending>,
-    ) -> Option<bool> {
+    async fn record(&self, frame: &[u8], io: &MapperIo, pending: &mut ReadBacks) -> Option<bool> {
         self.metrics.request(Duration::ZERO);
         let text = String::from_utf8_lossy(frame);
         let fields: BTreeMap<String, &str> = match self.proto.format.parse(&text) {
@@ -373,17 +347,7 @@ impl SerialMapper {
                 None => self.metrics.error(ErrorKind::Decode),
             }
         }
-        let mut done = Vec::new();
-        pending.retain(
-            |w| match readings.iter().find(|r| *r.property == w.property) {
-                Some(r) => {
-                    done.push((w.id, w.property.clone(), r.value.clone()));
-                    false
-                }
-                None => true,
-            },
-        );
-        for (id, property, v) in done {
+        for (id, property, v) in pending.take_answered(&readings) {
             self.finish_write(io, id, property, WriteOutcome::Done { read_back: Some(v) })
                 .await;
         }

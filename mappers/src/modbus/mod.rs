@@ -381,20 +381,7 @@ impl ModbusMapper {
 
     async fn write(&self, link: &LinkHandle, w: WriteRequest, io: &MapperIo) {
         let outcome = self.apply(link, &w).await;
-        if matches!(outcome, WriteOutcome::Done { .. }) {
-            self.metrics
-                .writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let _ = io
-            .events
-            .send(Event::Write {
-                device: self.id.clone(),
-                id: w.id,
-                property: w.property,
-                outcome,
-            })
-            .await;
+        crate::readback::emit_write(io, &self.metrics, &self.id, w.id, w.property, outcome).await;
     }
 
     async fn apply(&self, link: &LinkHandle, w: &WriteRequest) -> WriteOutcome {
