@@ -34,19 +34,11 @@ fn usage() -> ! {
 }
 
 fn proc_cpu_ticks(pid: &str) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    simulators::testkit::cpu_ticks(pid).map_err(anyhow::Error::msg)
 }
 
 fn proc_kb(pid: &str, key: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .context("status key")?;
-    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+    simulators::testkit::status_kb(pid, key).map_err(anyhow::Error::msg)
 }
 
 /// Running mappers: the stop switch, the readings counter, and their write queues (kept open).

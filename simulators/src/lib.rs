@@ -16,6 +16,7 @@ pub mod plc;
 pub mod pty;
 pub mod rng;
 pub mod serial;
+pub mod testkit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

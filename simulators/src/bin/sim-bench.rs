@@ -170,20 +170,11 @@ async fn serve_fleet(plcs: usize, tags: usize) -> Result<()> {
 }
 
 fn proc_cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields after the command: state is [0]; utime is field 14 of the line, [11] here.
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    simulators::testkit::cpu_ticks(&pid.to_string()).map_err(anyhow::Error::msg)
 }
 
 fn proc_kb(pid: u32, key: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .context("status key")?;
-    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+    simulators::testkit::status_kb(&pid.to_string(), key).map_err(anyhow::Error::msg)
 }
 
 async fn fleet(plcs: usize, tags: usize, period: Duration, secs: u64) -> Result<()> {

@@ -3,7 +3,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use device_models::DeviceSet;
@@ -31,50 +30,14 @@ pub async fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-/// A child process killed when the test ends, even on failure.
-pub struct KillOnDrop(pub Child);
+pub use simulators::testkit::KillOnDrop;
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Finds a third-party tool the tests need, with a message that says how to get it.
+/// Finds a third-party tool the tests need.
 pub fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed; scripts/test.sh installs it (Debian package)");
+    simulators::testkit::tool(name).unwrap()
 }
 
-/// A free TCP port on loopback (for third-party servers that cannot bind port 0 and report).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts mosquitto on a free loopback port and waits until it accepts connections.
+/// Starts mosquitto on a free loopback port.
 pub fn mosquitto() -> (KillOnDrop, u16) {
-    let port = free_port();
-    let child = Command::new(tool("mosquitto"))
-        .args(["-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (guard, port)
+    simulators::testkit::mosquitto().unwrap()
 }
