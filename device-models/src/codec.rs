@@ -216,7 +216,17 @@ pub fn scale(raw: Value, s: &Scaling) -> Value {
         return raw;
     }
     match raw.as_f64() {
-        Some(f) if !matches!(raw, Value::Bool(_)) => Value::Float(f * s.scale + s.value_offset),
+        Some(f) if !matches!(raw, Value::Bool(_)) => {
+            // A scale of 1/n (0.1, 0.001) divides by n, so 199 × 0.1 is 19.9, not
+            // 19.900000000000002.
+            let n = 1.0 / s.scale;
+            let scaled = if n.abs() >= 1.0 && (n - n.round()).abs() < 1e-9 {
+                f / n.round()
+            } else {
+                f * s.scale
+            };
+            Value::Float(scaled + s.value_offset)
+        }
         _ => raw,
     }
 }
@@ -404,6 +414,23 @@ mod tests {
         assert!(encode(&Value::Float(1.5), Int32, Abcd).is_err());
         assert!(encode(&Value::String("x".into()), Int32, Abcd).is_err());
         assert!(encode(&Value::Float(1e40), Float32, Abcd).is_err());
+    }
+
+    #[test]
+    fn decimal_scales_give_the_decimal() {
+        let s = Scaling {
+            scale: 0.1,
+            value_offset: 0.0,
+            deadband: None,
+        };
+        assert_eq!(scale(Value::Int(199), &s), Value::Float(19.9));
+        assert_eq!(scale(Value::Int(199), &s).to_string(), "19.9");
+        let s = Scaling {
+            scale: 0.001,
+            value_offset: 0.0,
+            deadband: None,
+        };
+        assert_eq!(scale(Value::Int(10800), &s).to_string(), "10.8");
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! `ballast-gateway`: the edge process of Ballast.
 //!
-//! Subcommands so far: `check`, which loads and validates device files the way the gateway
-//! will, printing every problem as `file:line:column: field: message`.
+//! Subcommands: `demo` (simulated platform, embedded broker, SQLite, live twins), `run` (the
+//! gateway on a config file), `check` (validate device files), `twin get|set` (through the MQTT
+//! twin topics, like any local app).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-mod check;
+use gateway::{check, config, demo, runtime, twin_cli};
 
 /// Ballast edge gateway.
 #[derive(Debug, Parser)]
@@ -20,6 +22,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the oil-platform demo: simulators, the gateway, its broker and a SQLite file.
+    Demo {
+        /// Device files to simulate and run.
+        #[arg(long, default_value = "device-models/examples/oil-platform")]
+        devices: PathBuf,
+        /// Keep the SQLite file here (default: a temporary directory, removed at exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Embedded broker port (a free one when this is taken).
+        #[arg(long, default_value_t = 1883)]
+        broker_port: u16,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Run the gateway with a config file.
+    Run {
+        /// The config (see gateway/gateway.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Load and validate Device and DeviceModel files (KubeEdge devices.kubeedge.io/v1beta1).
     ///
     /// Prints every problem as file:line:column: field: message, then a one-line summary.
@@ -36,15 +59,137 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Read or set a device twin through the gateway's MQTT twin topics.
+    Twin {
+        #[command(subcommand)]
+        op: TwinOp,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TwinOp {
+    /// Print a device's twins (twin/get).
+    Get {
+        /// Device id NAMESPACE/NAME.
+        device: String,
+        /// Broker address.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+    },
+    /// Set a desired value (twin/update with expected).
+    Set {
+        /// Device id NAMESPACE/NAME.
+        device: String,
+        /// Property.
+        property: String,
+        /// Value.
+        value: String,
+        /// Broker address.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+    },
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ballast-gateway: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Check { .. }) {
+        tracing_subscriber_init();
+    }
     match cli.command {
         Command::Check {
             paths,
             deny_warnings,
             quiet,
         } => check::run(&paths, deny_warnings, quiet),
+        Command::Demo {
+            devices,
+            data_dir,
+            broker_port,
+            seconds,
+        } => report(runtime().map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(demo::run(demo::DemoOptions {
+                devices,
+                data_dir,
+                broker_port,
+                duration: seconds.map(Duration::from_secs),
+            }))
+        })),
+        Command::Run { config } => report(
+            runtime()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(run(config))),
+        ),
+        Command::Twin { op } => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return report(Err(e.into())),
+            };
+            match op {
+                TwinOp::Get { device, broker } => rt.block_on(twin_cli::get(&device, &broker)),
+                TwinOp::Set {
+                    device,
+                    property,
+                    value,
+                    broker,
+                } => rt.block_on(twin_cli::set(&device, &property, &value, &broker)),
+            }
+        }
     }
+}
+
+fn tracing_subscriber_init() {
+    // Logs go to stderr through `tracing`; without a subscriber they are dropped. A JSON
+    // subscriber is issue 5's remaining work (see docs/GATEWAY.md).
+}
+
+async fn run(config: PathBuf) -> anyhow::Result<()> {
+    let cfg = config::Config::load(&config)?;
+    let dir = cfg.devices_dir.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: devices_dir is required until the cloud link lands",
+            config.display()
+        )
+    })?;
+    let set = device_models::check_path(&dir);
+    for d in set.diagnostics.iter().filter(|d| d.is_error()) {
+        eprintln!("{d}");
+    }
+    let devices: Vec<_> = set
+        .devices
+        .into_iter()
+        .filter(|d| {
+            d.device
+                .spec
+                .node_name
+                .as_deref()
+                .is_none_or(|n| n == cfg.node_name)
+        })
+        .collect();
+    let gw = runtime::start(&cfg, devices).await?;
+    eprintln!(
+        "ballast-gateway: broker on {}, store {}",
+        gw.broker,
+        cfg.db_path().display()
+    );
+    tokio::signal::ctrl_c().await?;
+    let _ = gw.shutdown.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), gw.task).await;
+    Ok(())
 }

@@ -1,0 +1,162 @@
+//! The embedded MQTT broker (rumqttd), configured in code.
+//!
+//! Loopback by default, username/password when configured (required off loopback), 1 MiB
+//! segments so memory stays bounded (rumqttd's 100 MB default segments let RSS reach ~140 MB).
+//! The gateway's own parts talk to it through in-process links, not TCP. rumqttd runs its
+//! router and listeners on their own threads and has no shutdown call: it ends with the process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+use crate::config::BrokerConfig;
+
+/// A started broker and the in-process links asked for before it started.
+pub struct Embedded {
+    /// Where MQTT clients connect (the front door, see `crate::front`).
+    pub listen: SocketAddr,
+    /// rumqttd's own loopback listener (for the gateway's mappers).
+    pub internal: SocketAddr,
+    /// Links by name.
+    pub links: HashMap<String, (LinkTx, LinkRx)>,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The listen address is taken or not ours.
+    #[error("broker cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// rumqttd refused a link.
+    #[error("broker link {0}: {1}")]
+    Link(String, String),
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded")
+            .field("listen", &self.listen)
+            .field("internal", &self.internal)
+            .field("links", &self.links.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn rumqttd_config(cfg: &BrokerConfig, listen: SocketAddr) -> Config {
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 5000,
+        max_payload_size: cfg.max_payload_bytes,
+        max_inflight_count: 100,
+        auth: if cfg.users.is_empty() {
+            None
+        } else {
+            Some(cfg.users.clone().into_iter().collect())
+        },
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: cfg.max_connections + 16,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 10,
+            ..RouterConfig::default()
+        },
+        v4: Some(HashMap::from([("v4".to_string(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    }
+}
+
+/// Starts the broker with the named in-process links: rumqttd on a private loopback port, and
+/// the front door on `cfg.listen` (port 0 picks a free port). Call inside a tokio runtime.
+pub fn start(cfg: &BrokerConfig, link_names: &[&str]) -> Result<Embedded, BrokerError> {
+    let front = std::net::TcpListener::bind(cfg.listen).map_err(|source| BrokerError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let listen = front.local_addr().map_err(|source| BrokerError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    // rumqttd binds inside its own thread and cannot report the port it got: find a free
+    // loopback port here and hand it over.
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let probe = std::net::TcpListener::bind(loopback).map_err(|source| BrokerError::Listen {
+        addr: loopback,
+        source,
+    })?;
+    let internal = probe.local_addr().map_err(|source| BrokerError::Listen {
+        addr: loopback,
+        source,
+    })?;
+    drop(probe);
+    let mut broker = Broker::new(rumqttd_config(cfg, internal));
+    let mut links = HashMap::new();
+    for name in link_names {
+        let link = broker
+            .link(name)
+            .map_err(|e| BrokerError::Link(name.to_string(), e.to_string()))?;
+        links.insert(name.to_string(), link);
+    }
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(|source| BrokerError::Listen {
+            addr: internal,
+            source,
+        })?;
+    // Wait (bounded) until rumqttd accepts, so callers can connect at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(internal).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(BrokerError::Listen {
+                addr: internal,
+                source: std::io::Error::other("broker did not start listening within 5 s"),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    front
+        .set_nonblocking(true)
+        .map_err(|source| BrokerError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let front = tokio::net::TcpListener::from_std(front).map_err(|source| BrokerError::Listen {
+        addr: listen,
+        source,
+    })?;
+    tokio::spawn(crate::front::serve(front, internal));
+    Ok(Embedded {
+        listen,
+        internal,
+        links,
+    })
+}

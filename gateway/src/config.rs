@@ -1,0 +1,216 @@
+//! `gateway.toml`: one file, every field documented, every field defaulted, unknown keys refused
+//! by name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The gateway's configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name (KubeEdge `nodeName`); devices bound to another node are not run.
+    pub node_name: String,
+    /// Where the SQLite file lives (`ballast.db`); created if missing.
+    pub data_dir: PathBuf,
+    /// Device and DeviceModel YAML to run in standalone mode (no cloud). When absent, the
+    /// gateway runs what its store last applied.
+    pub devices_dir: Option<PathBuf>,
+    /// The embedded MQTT broker.
+    pub broker: BrokerConfig,
+    /// The telemetry outbox.
+    pub outbox: OutboxConfig,
+    /// The metrics and health endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// Embedded broker settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// MQTT 3.1.1 listener; loopback unless set otherwise. A non-loopback listener requires
+    /// `users`.
+    pub listen: SocketAddr,
+    /// Username → password for clients. Required on a non-loopback listener.
+    pub users: std::collections::BTreeMap<String, String>,
+    /// Largest accepted payload, bytes.
+    pub max_payload_bytes: usize,
+    /// Most client connections.
+    pub max_connections: usize,
+}
+
+/// What the outbox keeps, and what happens at its bounds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Most rows kept; past it the oldest are dropped (counted and logged).
+    pub max_rows: u64,
+    /// Oldest sample kept, seconds.
+    pub max_age_s: u64,
+}
+
+/// Metrics endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `/metrics` and `/healthz` listener (loopback by default); `None` turns it off.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: "edge".into(),
+            data_dir: PathBuf::from("/var/lib/ballast"),
+            devices_dir: None,
+            broker: BrokerConfig::default(),
+            outbox: OutboxConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            users: Default::default(),
+            max_payload_bytes: 1024 * 1024,
+            max_connections: 1000,
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_rows: 10_000_000,
+            max_age_s: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or an unknown key, or a wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message (it names the key and the line).
+        message: String,
+    },
+    /// Valid TOML, unsafe settings.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks config text (`path` names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        if !cfg.broker.listen.ip().is_loopback() && cfg.broker.users.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                message: format!(
+                    "broker.listen {} is not loopback: set broker.users (username = \"password\") so that clients must log in",
+                    cfg.broker.listen
+                ),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// The SQLite file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("ballast.db")
+    }
+
+    /// Oldest outbox sample kept.
+    pub fn outbox_max_age(&self) -> Duration {
+        Duration::from_secs(self.outbox.max_age_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.example.toml");
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.node_name, "rig7-edge");
+        assert_eq!(cfg.broker.listen, "127.0.0.1:1883".parse().unwrap());
+        assert!(cfg.devices_dir.is_some());
+    }
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        assert_eq!(
+            Config::parse(Path::new("x.toml"), "").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse(
+            Path::new("g.toml"),
+            "node_name = \"a\"\n[broker]\nlisten_on = \"127.0.0.1:1\"\n",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("g.toml: "), "{msg}");
+        assert!(msg.contains("listen_on"), "{msg}");
+    }
+
+    #[test]
+    fn non_loopback_broker_needs_users() {
+        let err = Config::parse(Path::new("g.toml"), "[broker]\nlisten = \"0.0.0.0:1883\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("broker.users"));
+        let ok = Config::parse(
+            Path::new("g.toml"),
+            "[broker]\nlisten = \"0.0.0.0:1883\"\nusers = { app = \"s3cret\" }\n",
+        );
+        assert!(ok.is_ok());
+    }
+}

@@ -1,0 +1,284 @@
+//! The broker's front door: clients connect here, the gateway relays to rumqttd on a private
+//! loopback listener.
+//!
+//! Why: KubeEdge's device topics start with `$hw/` and `$ke/`, and rumqttd 0.20 refuses any
+//! subscription whose filter starts with `$` (it closes the connection) and never matches a
+//! `$` topic. The front door renames those two prefixes on the way in (`$hw/…` becomes
+//! `_sys/hw/…`, `$ke/…` becomes `_sys/ke/…`, in PUBLISH topics and SUBSCRIBE/UNSUBSCRIBE
+//! filters) and back on the way out (PUBLISH topics), so clients see KubeEdge's topics
+//! unchanged. Every other packet passes through byte for byte. `_sys/` is reserved. This is
+//! also where TLS will be terminated (rumqttd's TLS listener stalls on one silent client).
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Internal prefix of KubeEdge's `$` topics.
+pub const INTERNAL: &str = "_sys/";
+
+/// The internal name of a client topic or filter.
+pub fn inward(topic: &str) -> String {
+    for p in ["$hw/", "$ke/"] {
+        if let Some(rest) = topic.strip_prefix(p) {
+            return format!("{INTERNAL}{}/{rest}", &p[1..3]);
+        }
+    }
+    topic.to_string()
+}
+
+/// The client name of an internal topic.
+pub fn outward(topic: &str) -> String {
+    for p in ["hw/", "ke/"] {
+        if let Some(rest) = topic.strip_prefix(INTERNAL).and_then(|t| t.strip_prefix(p)) {
+            return format!("${p}{rest}");
+        }
+    }
+    topic.to_string()
+}
+
+/// Largest MQTT packet relayed (fixed header included).
+const MAX_PACKET: usize = 2 * 1024 * 1024;
+
+/// A problem with the byte stream: the connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The remaining-length field is longer than 4 bytes, or the packet too big.
+    #[error("malformed or oversized MQTT packet")]
+    Malformed,
+}
+
+/// Cuts the next whole MQTT packet off `buf`: `Ok(None)` while more bytes are needed.
+pub fn next_packet(buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut len: usize = 0;
+    let mut shift = 0;
+    let mut i = 1;
+    loop {
+        let Some(b) = buf.get(i).copied() else {
+            return Ok(None);
+        };
+        len |= usize::from(b & 0x7F) << shift;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            return Err(FrameError::Malformed);
+        }
+    }
+    let total = i + len;
+    if total > MAX_PACKET {
+        return Err(FrameError::Malformed);
+    }
+    if buf.len() < total {
+        return Ok(None);
+    }
+    Ok(Some(buf.drain(..total).collect()))
+}
+
+fn encode_len(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn body(packet: &[u8]) -> Option<&[u8]> {
+    let mut i = 1;
+    while packet.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    packet.get(i + 1..)
+}
+
+fn rebuild(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    encode_len(body.len(), &mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+fn take_str(b: &[u8], at: usize) -> Option<(&str, usize)> {
+    let n = usize::from(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]));
+    let s = std::str::from_utf8(b.get(at + 2..at + 2 + n)?).ok()?;
+    Some((s, at + 2 + n))
+}
+
+fn push_str(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Renames topics in one packet with `map`. Packets it cannot read are returned unchanged (the
+/// broker will judge them).
+pub fn rewrite(packet: Vec<u8>, map: fn(&str) -> String, filters_too: bool) -> Vec<u8> {
+    let first = packet[0];
+    let Some(b) = body(&packet) else {
+        return packet;
+    };
+    let out = match first >> 4 {
+        3 => (|| {
+            let (topic, rest) = take_str(b, 0)?;
+            let mut nb = Vec::with_capacity(b.len() + 8);
+            push_str(&map(topic), &mut nb);
+            nb.extend_from_slice(&b[rest..]);
+            Some(nb)
+        })(),
+        8 | 10 if filters_too => (|| {
+            let mut nb = b.get(..2)?.to_vec();
+            let mut at = 2;
+            while at < b.len() {
+                let (f, next) = take_str(b, at)?;
+                push_str(&map(f), &mut nb);
+                at = next;
+                if first >> 4 == 8 {
+                    nb.push(*b.get(at)?);
+                    at += 1;
+                }
+            }
+            Some(nb)
+        })(),
+        _ => None,
+    };
+    match out {
+        Some(nb) => rebuild(first, &nb),
+        None => packet,
+    }
+}
+
+/// Relays packets from `rd` to `wr`, renaming with `map`.
+async fn pump(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    map: fn(&str) -> String,
+    filters: bool,
+) {
+    let mut buf = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        let n = match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        loop {
+            match next_packet(&mut buf) {
+                Ok(Some(p)) => out.extend(rewrite(p, map, filters)),
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+            }
+        }
+        if !out.is_empty() && wr.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Serves the front door on `listener`, relaying to the broker at `inner`.
+pub async fn serve(listener: TcpListener, inner: SocketAddr) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let Ok(broker) = TcpStream::connect(inner).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = broker.set_nodelay(true);
+            let (crd, cwr) = client.into_split();
+            let (brd, bwr) = broker.into_split();
+            tokio::join!(pump(crd, bwr, inward, true), pump(brd, cwr, outward, false));
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            inward("$hw/events/device/rig7/p/twin/get"),
+            "_sys/hw/events/device/rig7/p/twin/get"
+        );
+        assert_eq!(
+            inward("$ke/events/device/+/+/data/update"),
+            "_sys/ke/events/device/+/+/data/update"
+        );
+        assert_eq!(
+            inward("rig7/wellbay/gd101/state"),
+            "rig7/wellbay/gd101/state"
+        );
+        assert_eq!(inward("$SYS/x"), "$SYS/x");
+        assert_eq!(
+            outward("_sys/hw/events/node/n/membership/get/result"),
+            "$hw/events/node/n/membership/get/result"
+        );
+        assert_eq!(outward("other/topic"), "other/topic");
+    }
+
+    fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        push_str(topic, &mut b);
+        b.extend_from_slice(payload);
+        rebuild(0x30, &b)
+    }
+
+    #[test]
+    fn publish_and_subscribe_are_rewritten() {
+        let p = rewrite(
+            publish("$hw/events/device/a/b/twin/get", b"{}"),
+            inward,
+            true,
+        );
+        assert_eq!(p, publish("_sys/hw/events/device/a/b/twin/get", b"{}"));
+        // SUBSCRIBE: pkid, then (filter, options) pairs.
+        let mut b = vec![0, 7];
+        push_str("$hw/#", &mut b);
+        b.push(1);
+        push_str("plain", &mut b);
+        b.push(0);
+        let s = rewrite(rebuild(0x82, &b), inward, true);
+        let mut want = vec![0, 7];
+        push_str("_sys/hw/#", &mut want);
+        want.push(1);
+        push_str("plain", &mut want);
+        want.push(0);
+        assert_eq!(s, rebuild(0x82, &want));
+        // Other packets pass through unchanged.
+        assert_eq!(rewrite(vec![0xC0, 0], inward, true), vec![0xC0, 0]);
+    }
+
+    #[test]
+    fn framing_handles_fragments_long_lengths_and_garbage() {
+        let big = publish("t", &vec![7u8; 300]);
+        let mut buf = big[..2].to_vec();
+        assert_eq!(next_packet(&mut buf), Ok(None));
+        buf.extend_from_slice(&big[2..]);
+        buf.extend_from_slice(&[0xC0, 0]);
+        assert_eq!(next_packet(&mut buf), Ok(Some(big)));
+        assert_eq!(next_packet(&mut buf), Ok(Some(vec![0xC0, 0])));
+        assert!(buf.is_empty());
+        let mut bad = vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
+        assert_eq!(next_packet(&mut bad), Err(FrameError::Malformed));
+        // A truncated topic inside a packet: passed on unchanged for the broker to refuse.
+        let odd = rebuild(0x30, &[0, 50, b'a']);
+        assert_eq!(rewrite(odd.clone(), inward, true), odd);
+    }
+}

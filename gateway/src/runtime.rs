@@ -1,0 +1,279 @@
+//! The running gateway: store, broker, one mapper task per device, and the twin owner loop.
+//!
+//! Data path: mappers → bounded events channel → the owner loop, which drains events in
+//! batches, runs the twin logic, commits the batch to SQLite in one transaction, and only then
+//! publishes telemetry and twin messages on the embedded broker. MQTT requests arrive on an
+//! in-process broker link and go through the same owner.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use device_models::DeviceConfig;
+use mappers::modbus::Links;
+use mappers::{Event, Mapper, MapperIo, MapperOptions, WriteRequest};
+use rumqttd::Notification;
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::{self, Embedded};
+use crate::config::Config;
+use crate::store::Store;
+use crate::twins::Twins;
+
+/// Counters an operator (and a test) reads.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Readings received from mappers.
+    pub readings: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Samples appended to the outbox.
+    pub samples: AtomicU64,
+    /// MQTT requests served.
+    pub requests: AtomicU64,
+    /// Store errors (the batch is retried with the next one).
+    pub store_errors: AtomicU64,
+}
+
+/// A started gateway.
+#[derive(Debug)]
+pub struct Running {
+    /// Where MQTT clients connect.
+    pub broker: std::net::SocketAddr,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Set to `true` to stop.
+    pub shutdown: watch::Sender<bool>,
+    /// The owner loop; ends after shutdown.
+    pub task: tokio::task::JoinHandle<()>,
+    /// Current twins, refreshed after every batch (for display).
+    pub view:
+        watch::Receiver<BTreeMap<String, BTreeMap<String, device_models::twin::PropertyTwin>>>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The broker could not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// A mapper could not be built.
+    #[error("device {0}: {1}")]
+    Mapper(String, mappers::BuildError),
+    /// I/O.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+const LINK: &str = "ballast-twins";
+
+/// Starts the gateway for `devices` (already validated and, in standalone mode, from the
+/// devices directory; otherwise from the store).
+pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let store = Store::open(&cfg.db_path()).await?;
+    for d in &devices {
+        let body = serde_json::to_string(&d.device).unwrap_or_default();
+        let version = d
+            .device
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_else(|| format!("{:x}", fnv(&body)));
+        store
+            .put_object(&format!("Device/{}", d.id), &version, &body)
+            .await?;
+        let model = serde_json::to_string(&*d.model).unwrap_or_default();
+        let ns = d.model.metadata.namespace.as_deref().unwrap_or("default");
+        let name = d.model.metadata.name.as_deref().unwrap_or("");
+        store
+            .put_object(
+                &format!("DeviceModel/{ns}/{name}"),
+                &format!("{:x}", fnv(&model)),
+                &model,
+            )
+            .await?;
+    }
+    let Embedded {
+        listen,
+        internal,
+        mut links,
+    } = broker::start(&cfg.broker, &[LINK])?;
+    let (mut link_tx, mut link_rx) = links
+        .remove(LINK)
+        .ok_or_else(|| broker::BrokerError::Link(LINK.into(), "missing".into()))?;
+    for filter in [
+        "$hw/events/device/+/+/twin/update".to_string(),
+        "$hw/events/device/+/+/twin/get".to_string(),
+        format!("$hw/events/node/{}/membership/get", cfg.node_name),
+    ] {
+        link_tx
+            .subscribe(crate::front::inward(&filter))
+            .map_err(|e| broker::BrokerError::Link(LINK.into(), e.to_string()))?;
+    }
+
+    let mut stored = BTreeMap::new();
+    for d in &devices {
+        stored.insert(d.id.clone(), store.twins(&d.id).await?);
+    }
+    let mut twins = Twins::new(&cfg.node_name, &devices, stored);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(4096);
+    let mut writers: BTreeMap<String, mpsc::Sender<WriteRequest>> = BTreeMap::new();
+    let mlinks = Links::default();
+    let opts = MapperOptions {
+        embedded_broker: Some(("127.0.0.1".into(), internal.port())),
+        ..MapperOptions::default()
+    };
+    for d in &devices {
+        let m =
+            Mapper::build(d, &mlinks, &opts).map_err(|e| StartError::Mapper(d.id.clone(), e))?;
+        let (wtx, wrx) = mpsc::channel(32);
+        writers.insert(d.id.clone(), wtx);
+        tokio::spawn(m.run(MapperIo {
+            events: events_tx.clone(),
+            writes: wrx,
+            shutdown: shutdown_rx.clone(),
+        }));
+    }
+    drop(events_tx);
+
+    // MQTT requests: rumqttd's link is read on its own task and fed to the owner.
+    let (req_tx, mut req_rx) = mpsc::channel::<(String, Vec<u8>)>(1024);
+    tokio::spawn(async move {
+        while let Ok(Some(n)) = link_rx.next().await {
+            if let Notification::Forward(f) = n {
+                let topic = crate::front::outward(&String::from_utf8_lossy(&f.publish.topic));
+                if req_tx
+                    .send((topic, f.publish.payload.to_vec()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+
+    let stats = Arc::new(Stats::default());
+    let (view_tx, view_rx) = watch::channel(BTreeMap::new());
+    let initial = twins.apply_file_desired(&devices, mappers::now_ms());
+    let st = stats.clone();
+    let mut shutdown = shutdown_rx.clone();
+    let outbox = cfg.outbox.clone();
+    let outbox_age = cfg.outbox_max_age();
+    let task = tokio::spawn(async move {
+        let mut pending = vec![initial];
+        let mut last_trim = std::time::Instant::now();
+        loop {
+            for a in pending.drain(..) {
+                carry_out(a, &store, &mut link_tx, &writers, &st).await;
+            }
+            let ids = twins.ids();
+            let _ = view_tx.send(
+                ids.iter()
+                    .filter_map(|id| twins.twins(id).map(|t| (id.clone(), t)))
+                    .collect(),
+            );
+            if last_trim.elapsed().as_secs() >= 60 {
+                last_trim = std::time::Instant::now();
+                let oldest = mappers::now_ms() - outbox_age.as_millis() as i64;
+                match store.trim_outbox(outbox.max_rows, oldest).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        dropped = n,
+                        "outbox bound reached: dropped the oldest samples"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "outbox trim failed"),
+                }
+            }
+            tokio::select! {
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow() {
+                        return;
+                    }
+                }
+                Some(ev) = events_rx.recv() => {
+                    // Drain what is queued: one transaction for the whole batch.
+                    let mut batch = vec![ev];
+                    while batch.len() < 4096 {
+                        match events_rx.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                    let now = mappers::now_ms();
+                    let mut readings = Vec::new();
+                    for e in batch {
+                        match e {
+                            Event::Readings(r) => readings.extend(r),
+                            Event::Health { device, health, reason } => {
+                                tracing::info!(device = %device, state = health.as_str(), reason, "device state");
+                                twins.on_health(&device, health);
+                            }
+                            Event::Write { device, property, outcome, .. } => {
+                                tracing::info!(device = %device, property, outcome = ?outcome, "write");
+                            }
+                        }
+                    }
+                    st.readings.fetch_add(readings.len() as u64, Ordering::Relaxed);
+                    pending.push(twins.on_readings(&readings, now));
+                }
+                Some((topic, body)) = req_rx.recv() => {
+                    st.requests.fetch_add(1, Ordering::Relaxed);
+                    pending.push(twins.on_message(&topic, &body, mappers::now_ms()));
+                }
+            }
+        }
+    });
+    Ok(Running {
+        broker: listen,
+        stats,
+        shutdown: shutdown_tx,
+        task,
+        view: view_rx,
+    })
+}
+
+async fn carry_out(
+    a: crate::twins::Actions,
+    store: &Store,
+    link: &mut rumqttd::local::LinkTx,
+    writers: &BTreeMap<String, mpsc::Sender<WriteRequest>>,
+    st: &Stats,
+) {
+    if !a.twins.is_empty() || !a.samples.is_empty() {
+        match store.apply(&a.twins, &a.samples).await {
+            Ok(_) => {
+                st.batches.fetch_add(1, Ordering::Relaxed);
+                st.samples
+                    .fetch_add(a.samples.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                st.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "store batch failed; not published");
+                return;
+            }
+        }
+    }
+    for (topic, payload) in a.publish {
+        if let Err(e) = link.publish(crate::front::inward(&topic), payload) {
+            tracing::warn!(error = %e, "broker publish failed");
+        }
+    }
+    for (id, w) in a.writes {
+        if let Some(tx) = writers.get(&id) {
+            let _ = tx.send(w).await;
+        }
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,428 @@
+//! The gateway's SQLite file: applied objects, twins with versions, and the telemetry outbox.
+//!
+//! One file, WAL, `synchronous=NORMAL`, versioned migrations. Writes come in batches, one
+//! transaction each (one commit per batch of readings, not per reading). Everything the gateway
+//! needs to run without the cloud is here: a restart from this file alone brings back every
+//! device, its model and its last desired values.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use device_models::crd::PropertyType;
+use device_models::twin::{PropertyTwin, TwinValue, TwinVersion};
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] sqlx::Error),
+    /// The file was written by a newer Ballast.
+    #[error("the store has schema version {found}; this gateway knows up to {known}")]
+    TooNew {
+        /// In the file.
+        found: i64,
+        /// Known here.
+        known: i64,
+    },
+}
+
+/// Migrations, in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: objects, twins, outbox.
+    "CREATE TABLE objects (key TEXT PRIMARY KEY, version TEXT NOT NULL, body TEXT NOT NULL);
+     CREATE TABLE twins (
+        device TEXT NOT NULL, property TEXT NOT NULL, ty TEXT NOT NULL,
+        desired TEXT, desired_cloud INTEGER, desired_edge INTEGER, desired_ts INTEGER,
+        reported TEXT, reported_cloud INTEGER, reported_edge INTEGER, reported_ts INTEGER,
+        PRIMARY KEY (device, property));
+     CREATE TABLE outbox (seq INTEGER PRIMARY KEY, device TEXT NOT NULL, property TEXT NOT NULL,
+        value TEXT NOT NULL, ts INTEGER NOT NULL);",
+];
+
+/// One change to a twin value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TwinWrite {
+    /// Device id.
+    pub device: String,
+    /// Property.
+    pub property: String,
+    /// Its type.
+    pub ty: PropertyType,
+    /// Desired or reported.
+    pub which: Which,
+    /// The new value.
+    pub value: TwinValue,
+}
+
+/// Which side of a twin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// Desired.
+    Desired,
+    /// Reported.
+    Reported,
+}
+
+/// One telemetry sample for the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Device id.
+    pub device: String,
+    /// Property.
+    pub property: String,
+    /// Value text.
+    pub value: String,
+    /// Milliseconds since the epoch.
+    pub ts: i64,
+}
+
+/// An outbox row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    /// Per-node sequence number, increasing.
+    pub seq: i64,
+    /// The sample.
+    pub sample: Sample,
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn type_text(ty: PropertyType) -> &'static str {
+    device_models::payload::type_name(ty)
+}
+
+fn type_from(s: &str) -> PropertyType {
+    match s {
+        "int" => PropertyType::Int,
+        "float" => PropertyType::Float,
+        "double" => PropertyType::Double,
+        "boolean" => PropertyType::Boolean,
+        "bytes" => PropertyType::Bytes,
+        "stream" => PropertyType::Stream,
+        _ => PropertyType::String,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        // One connection: one writer, and SQLite serialises writers anyway.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&self.pool)
+            .await?;
+        let v = v.unwrap_or(0);
+        let known = MIGRATIONS.len() as i64;
+        if v > known {
+            return Err(StoreError::TooNew { found: v, known });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(v as usize) {
+            let mut tx = self.pool.begin().await?;
+            sqlx::raw_sql(*m).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The schema version.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stores an applied object (Device or DeviceModel JSON) under `key` with its version.
+    pub async fn put_object(&self, key: &str, version: &str, body: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO objects (key, version, body) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET version = excluded.version, body = excluded.body")
+            .bind(key)
+            .bind(version)
+            .bind(body)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every stored object: key → (version, body).
+    pub async fn objects(&self) -> Result<BTreeMap<String, (String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT key, version, body FROM objects")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    (r.get::<String, _>(1), r.get::<String, _>(2)),
+                )
+            })
+            .collect())
+    }
+
+    /// Applies twin writes and appends samples in one transaction; returns the sequence numbers
+    /// given to the samples. Nothing is visible (or acknowledged) before the commit.
+    pub async fn apply(
+        &self,
+        twins: &[TwinWrite],
+        samples: &[Sample],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for t in twins {
+            let (v, c, e, ts) = (
+                &t.value.value,
+                t.value.version.cloud as i64,
+                t.value.version.edge as i64,
+                t.value.timestamp_ms,
+            );
+            let sql = match t.which {
+                Which::Desired => "INSERT INTO twins (device, property, ty, desired, desired_cloud, desired_edge, desired_ts) VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(device, property) DO UPDATE SET ty = excluded.ty, desired = excluded.desired, desired_cloud = excluded.desired_cloud, desired_edge = excluded.desired_edge, desired_ts = excluded.desired_ts",
+                Which::Reported => "INSERT INTO twins (device, property, ty, reported, reported_cloud, reported_edge, reported_ts) VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(device, property) DO UPDATE SET ty = excluded.ty, reported = excluded.reported, reported_cloud = excluded.reported_cloud, reported_edge = excluded.reported_edge, reported_ts = excluded.reported_ts",
+            };
+            sqlx::query(sql)
+                .bind(&t.device)
+                .bind(&t.property)
+                .bind(type_text(t.ty))
+                .bind(v)
+                .bind(c)
+                .bind(e)
+                .bind(ts)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut seqs = Vec::with_capacity(samples.len());
+        for s in samples {
+            let r =
+                sqlx::query("INSERT INTO outbox (device, property, value, ts) VALUES (?, ?, ?, ?)")
+                    .bind(&s.device)
+                    .bind(&s.property)
+                    .bind(&s.value)
+                    .bind(s.ts)
+                    .execute(&mut *tx)
+                    .await?;
+            seqs.push(r.last_insert_rowid());
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    /// The twins of a device, by property.
+    pub async fn twins(&self, device: &str) -> Result<BTreeMap<String, PropertyTwin>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT property, ty, desired, desired_cloud, desired_edge, desired_ts, reported, reported_cloud, reported_edge, reported_ts FROM twins WHERE device = ?",
+        )
+        .bind(device)
+        .fetch_all(&self.pool)
+        .await?;
+        let side = |r: &sqlx::sqlite::SqliteRow, i: usize| -> Option<TwinValue> {
+            let value: Option<String> = r.get(i);
+            value.map(|value| TwinValue {
+                value,
+                version: TwinVersion {
+                    cloud: r.get::<Option<i64>, _>(i + 1).unwrap_or(0) as u64,
+                    edge: r.get::<Option<i64>, _>(i + 2).unwrap_or(0) as u64,
+                },
+                timestamp_ms: r.get::<Option<i64>, _>(i + 3).unwrap_or(0),
+            })
+        };
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let ty = type_from(&r.get::<String, _>(1));
+                (
+                    r.get::<String, _>(0),
+                    PropertyTwin {
+                        ty,
+                        desired: side(r, 2),
+                        reported: side(r, 6),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Outbox rows after `seq`, in order, at most `limit`.
+    pub async fn outbox_after(&self, seq: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query("SELECT seq, device, property, value, ts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxRow {
+                seq: r.get(0),
+                sample: Sample {
+                    device: r.get(1),
+                    property: r.get(2),
+                    value: r.get(3),
+                    ts: r.get(4),
+                },
+            })
+            .collect())
+    }
+
+    /// Rows in the outbox and the timestamp of the oldest.
+    pub async fn outbox_depth(&self) -> Result<(i64, Option<i64>), StoreError> {
+        let r = sqlx::query("SELECT COUNT(*), MIN(ts) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((r.get(0), r.get(1)))
+    }
+
+    /// Enforces the outbox bounds by dropping the oldest rows; returns how many were dropped.
+    pub async fn trim_outbox(&self, max_rows: u64, oldest_ms: i64) -> Result<u64, StoreError> {
+        let by_age = sqlx::query("DELETE FROM outbox WHERE ts < ?")
+            .bind(oldest_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let by_rows =
+            sqlx::query("DELETE FROM outbox WHERE seq <= (SELECT MAX(seq) FROM outbox) - ?")
+                .bind(max_rows as i64)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(by_age + by_rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tv(v: &str, edge: u64) -> TwinValue {
+        TwinValue {
+            value: v.into(),
+            version: TwinVersion { cloud: 0, edge },
+            timestamp_ms: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn twins_and_outbox_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ballast.db");
+        {
+            let s = Store::open(&path).await.unwrap();
+            assert_eq!(s.schema_version().await.unwrap(), 1);
+            let twins = [
+                TwinWrite {
+                    device: "rig7/p".into(),
+                    property: "speed".into(),
+                    ty: PropertyType::Int,
+                    which: Which::Reported,
+                    value: tv("1500", 3),
+                },
+                TwinWrite {
+                    device: "rig7/p".into(),
+                    property: "speed".into(),
+                    ty: PropertyType::Int,
+                    which: Which::Desired,
+                    value: tv("1600", 1),
+                },
+            ];
+            let samples: Vec<Sample> = (0..3)
+                .map(|i| Sample {
+                    device: "rig7/p".into(),
+                    property: "speed".into(),
+                    value: format!("{i}"),
+                    ts: i,
+                })
+                .collect();
+            let seqs = s.apply(&twins, &samples).await.unwrap();
+            assert_eq!(seqs, [1, 2, 3]);
+            s.put_object("Device/rig7/p", "17", "{}").await.unwrap();
+        }
+        let s = Store::open(&path).await.unwrap();
+        let t = s.twins("rig7/p").await.unwrap();
+        assert_eq!(t["speed"].reported, Some(tv("1500", 3)));
+        assert_eq!(t["speed"].desired, Some(tv("1600", 1)));
+        assert_eq!(t["speed"].delta(), Some("1600"));
+        let rows = s.outbox_after(1, 10).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(s.objects().await.unwrap()["Device/rig7/p"].0, "17");
+        // Sequence numbers keep rising after a reopen.
+        let seqs = s
+            .apply(
+                &[],
+                &[Sample {
+                    device: "d".into(),
+                    property: "p".into(),
+                    value: "x".into(),
+                    ts: 9,
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(seqs, [4]);
+    }
+
+    #[tokio::test]
+    async fn outbox_bounds_drop_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("b.db")).await.unwrap();
+        let samples: Vec<Sample> = (0..10)
+            .map(|i| Sample {
+                device: "d".into(),
+                property: "p".into(),
+                value: "v".into(),
+                ts: i * 1000,
+            })
+            .collect();
+        s.apply(&[], &samples).await.unwrap();
+        assert_eq!(s.trim_outbox(100, 2000).await.unwrap(), 2);
+        assert_eq!(s.trim_outbox(5, 0).await.unwrap(), 3);
+        let (n, oldest) = s.outbox_depth().await.unwrap();
+        assert_eq!((n, oldest), (5, Some(5000)));
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.db");
+        let s = Store::open(&path).await.unwrap();
+        sqlx::query("INSERT INTO schema_version (version) VALUES (99)")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        drop(s);
+        assert!(matches!(
+            Store::open(&path).await,
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+}

@@ -1,0 +1,726 @@
+//! Twin logic and the KubeEdge MQTT API, without I/O.
+//!
+//! One owner ([`Twins`]) holds every device's twins. Inputs: readings from mappers
+//! ([`Twins::on_readings`]), MQTT requests ([`Twins::on_message`]), health changes. Outputs are
+//! [`Actions`]: twin writes and samples for the store (committed before anything is
+//! published), messages to publish, and writes for the mappers. The runtime carries them out.
+
+use std::collections::BTreeMap;
+
+use device_models::crd::{AccessMode, PropertyType};
+use device_models::payload::{
+    self, BaseMessage, DataMetadata, DataValue, DeviceData, ErrorResult, MembershipDetail,
+    MembershipDevice, MsgTwin, TwinDelta, TwinDoc, TwinDocument, TwinResult, TwinValueMsg,
+};
+use device_models::protocol::PropertyVisitor;
+use device_models::twin::{PropertyTwin, TwinValue, TwinVersion, set_local_desired, set_reported};
+use device_models::{DeviceConfig, Value};
+use mappers::{Reading, WriteRequest};
+
+use crate::store::{Sample, TwinWrite, Which};
+
+/// Everything the runtime must do after an input.
+#[derive(Debug, Default, PartialEq)]
+pub struct Actions {
+    /// Twin changes to store (before publishing).
+    pub twins: Vec<TwinWrite>,
+    /// Telemetry samples to append to the outbox.
+    pub samples: Vec<Sample>,
+    /// Messages to publish: (topic, JSON payload).
+    pub publish: Vec<(String, String)>,
+    /// Writes for mappers: (device id, write).
+    pub writes: Vec<(String, WriteRequest)>,
+}
+
+#[derive(Debug, Clone)]
+struct Prop {
+    ty: PropertyType,
+    access: AccessMode,
+    deadband: Option<f64>,
+    report_cycle_ms: i64,
+    twin: PropertyTwin,
+}
+
+#[derive(Debug, Clone)]
+struct Device {
+    name: String,
+    props: BTreeMap<String, Prop>,
+    state: &'static str,
+}
+
+/// Every device's twins; the single owner of twin state.
+#[derive(Debug, Default)]
+pub struct Twins {
+    node: String,
+    devices: BTreeMap<String, Device>,
+    next_write: u64,
+}
+
+/// `$hw/events/device/{ns}/{name}/...` for a device id `ns/name`.
+pub fn device_topic(id: &str, suffix: &str) -> String {
+    format!("$hw/events/device/{id}/{suffix}")
+}
+
+/// The telemetry topic of a device.
+pub fn data_topic(id: &str) -> String {
+    format!("$ke/events/device/{id}/data/update")
+}
+
+fn deadband(v: &PropertyVisitor) -> Option<f64> {
+    match v {
+        PropertyVisitor::Modbus(m) => m.scaling.deadband,
+        PropertyVisitor::Serial(s) => s.scaling.deadband,
+        PropertyVisitor::Mqtt(m) => m.scaling.deadband,
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+impl Twins {
+    /// Twins for `devices` on `node`, starting from what the store had (`stored`, by device).
+    pub fn new(
+        node: &str,
+        devices: &[DeviceConfig],
+        mut stored: BTreeMap<String, BTreeMap<String, PropertyTwin>>,
+    ) -> Twins {
+        let mut out = BTreeMap::new();
+        for d in devices {
+            let mut have = stored.remove(&d.id).unwrap_or_default();
+            let props = d
+                .properties
+                .iter()
+                .map(|p| {
+                    let twin = have
+                        .remove(&p.name)
+                        .map(|t| PropertyTwin { ty: p.ty, ..t })
+                        .unwrap_or(PropertyTwin {
+                            ty: p.ty,
+                            desired: None,
+                            reported: None,
+                        });
+                    (
+                        p.name.clone(),
+                        Prop {
+                            ty: p.ty,
+                            access: p.access,
+                            deadband: deadband(&p.visitor),
+                            report_cycle_ms: p.report_cycle.as_millis() as i64,
+                            twin,
+                        },
+                    )
+                })
+                .collect();
+            let name = d.device.metadata.name.clone().unwrap_or_default();
+            out.insert(
+                d.id.clone(),
+                Device {
+                    name,
+                    props,
+                    state: "unknown",
+                },
+            );
+        }
+        Twins {
+            node: node.to_string(),
+            devices: out,
+            next_write: 1,
+        }
+    }
+
+    /// Applies the desired values of the device files (the standalone "cloud"): a file value
+    /// replaces the stored one when its cloud version (the Device's generation, 1 when unset)
+    /// is newer; then every desired value not yet reported is written to its device.
+    pub fn apply_file_desired(&mut self, devices: &[DeviceConfig], now_ms: i64) -> Actions {
+        let mut a = Actions::default();
+        for d in devices {
+            let generation = d.device.metadata.generation.unwrap_or(1).max(1) as u64;
+            for p in &d.properties {
+                let Some(v) = &p.desired else { continue };
+                let Some(prop) = self
+                    .devices
+                    .get_mut(&d.id)
+                    .and_then(|dev| dev.props.get_mut(&p.name))
+                else {
+                    continue;
+                };
+                let cloud = TwinValue {
+                    value: v.to_string(),
+                    version: TwinVersion {
+                        cloud: generation,
+                        edge: 0,
+                    },
+                    timestamp_ms: now_ms,
+                };
+                if let device_models::twin::DesiredMerge::TakeCloud(t) =
+                    device_models::twin::merge_desired(prop.twin.desired.as_ref(), &cloud)
+                {
+                    prop.twin.desired = Some(t.clone());
+                    a.twins.push(TwinWrite {
+                        device: d.id.clone(),
+                        property: p.name.clone(),
+                        ty: p.ty,
+                        which: Which::Desired,
+                        value: t,
+                    });
+                }
+            }
+        }
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
+        for id in ids {
+            self.push_pending_writes(&id, &mut a);
+        }
+        a
+    }
+
+    fn push_pending_writes(&mut self, id: &str, a: &mut Actions) {
+        let Some(dev) = self.devices.get(id) else {
+            return;
+        };
+        for (name, p) in &dev.props {
+            let Some(delta) = p.twin.delta() else {
+                continue;
+            };
+            if let Ok(value) = Value::parse(p.ty, delta) {
+                a.writes.push((
+                    id.to_string(),
+                    WriteRequest {
+                        id: self.next_write,
+                        property: name.clone(),
+                        value,
+                    },
+                ));
+                self.next_write += 1;
+            }
+        }
+    }
+
+    /// Device ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        self.devices.keys().cloned().collect()
+    }
+
+    /// The twins of a device (for display and tests).
+    pub fn twins(&self, id: &str) -> Option<BTreeMap<String, PropertyTwin>> {
+        self.devices.get(id).map(|d| {
+            d.props
+                .iter()
+                .map(|(k, p)| (k.clone(), p.twin.clone()))
+                .collect()
+        })
+    }
+
+    /// A device's health changed.
+    pub fn on_health(&mut self, id: &str, state: mappers::Health) {
+        if let Some(d) = self.devices.get_mut(id) {
+            d.state = state.as_str();
+        }
+    }
+
+    /// The state of a device.
+    pub fn state(&self, id: &str) -> Option<&'static str> {
+        self.devices.get(id).map(|d| d.state)
+    }
+
+    /// Readings from mappers: a reading becomes a reported value (and a telemetry sample) when
+    /// it changed beyond its deadband or its report cycle elapsed.
+    pub fn on_readings(&mut self, readings: &[Reading], now_ms: i64) -> Actions {
+        let mut a = Actions::default();
+        let mut data: BTreeMap<String, DeviceData> = BTreeMap::new();
+        for r in readings {
+            let Some(dev) = self.devices.get_mut(&*r.device) else {
+                continue;
+            };
+            let Some(p) = dev.props.get_mut(&*r.property) else {
+                continue;
+            };
+            let text = r.value.to_string();
+            let due = match &p.twin.reported {
+                None => true,
+                Some(last) => {
+                    let changed = match (
+                        Value::parse(p.ty, &last.value)
+                            .ok()
+                            .and_then(|v| v.as_f64()),
+                        r.value.as_f64(),
+                    ) {
+                        (Some(old), Some(new)) => {
+                            (new - old).abs() > p.deadband.unwrap_or(0.0)
+                                || (p.deadband.is_none() && new != old)
+                        }
+                        _ => last.value != text,
+                    };
+                    changed || r.timestamp_ms - last.timestamp_ms >= p.report_cycle_ms
+                }
+            };
+            if !due {
+                continue;
+            }
+            let v = set_reported(p.twin.reported.as_ref(), text.clone(), r.timestamp_ms);
+            p.twin.reported = Some(v.clone());
+            a.twins.push(TwinWrite {
+                device: r.device.to_string(),
+                property: r.property.to_string(),
+                ty: p.ty,
+                which: Which::Reported,
+                value: v,
+            });
+            a.samples.push(Sample {
+                device: r.device.to_string(),
+                property: r.property.to_string(),
+                value: text.clone(),
+                ts: r.timestamp_ms,
+            });
+            data.entry(r.device.to_string())
+                .or_insert_with(|| DeviceData {
+                    base: BaseMessage {
+                        event_id: String::new(),
+                        timestamp: now_ms,
+                    },
+                    data: BTreeMap::new(),
+                })
+                .data
+                .insert(
+                    r.property.to_string(),
+                    DataValue {
+                        value: text,
+                        metadata: DataMetadata {
+                            timestamp: r.timestamp_ms,
+                            type_: payload::type_name(p.ty).into(),
+                        },
+                    },
+                );
+        }
+        for (id, d) in data {
+            a.publish.push((data_topic(&id), json(&d)));
+        }
+        a
+    }
+
+    fn error(
+        &self,
+        topic: String,
+        event_id: &str,
+        now_ms: i64,
+        code: u16,
+        reason: String,
+    ) -> Actions {
+        let e = ErrorResult {
+            base: BaseMessage {
+                event_id: event_id.into(),
+                timestamp: now_ms,
+            },
+            code,
+            reason,
+        };
+        Actions {
+            publish: vec![(topic, json(&e))],
+            ..Actions::default()
+        }
+    }
+
+    /// An MQTT request on one of the topics the gateway serves.
+    pub fn on_message(&mut self, topic: &str, body: &[u8], now_ms: i64) -> Actions {
+        if let Some(rest) = topic.strip_prefix("$hw/events/node/") {
+            if rest == format!("{}/membership/get", self.node) {
+                let req = payload::parse_request(body).unwrap_or_default();
+                let devices = self
+                    .devices
+                    .iter()
+                    .map(|(id, d)| MembershipDevice {
+                        id: id.clone(),
+                        name: d.name.clone(),
+                        state: d.state.into(),
+                        twin: d
+                            .props
+                            .iter()
+                            .map(|(k, p)| (k.clone(), MsgTwin::from_twin(&p.twin)))
+                            .collect(),
+                        ..MembershipDevice::default()
+                    })
+                    .collect();
+                let m = MembershipDetail {
+                    base: BaseMessage {
+                        event_id: req.event_id,
+                        timestamp: now_ms,
+                    },
+                    devices,
+                };
+                return Actions {
+                    publish: vec![(format!("{topic}/result"), json(&m))],
+                    ..Actions::default()
+                };
+            }
+            return Actions::default();
+        }
+        let Some(rest) = topic.strip_prefix("$hw/events/device/") else {
+            return Actions::default();
+        };
+        let parts: Vec<&str> = rest.splitn(3, '/').collect();
+        let [ns, name, op] = parts[..] else {
+            return Actions::default();
+        };
+        let id = format!("{ns}/{name}");
+        let result_topic = format!("{topic}/result");
+        match op {
+            "twin/get" => {
+                let req = match payload::parse_request(body) {
+                    Ok(r) => r,
+                    Err(e) => return self.error(result_topic, "", now_ms, e.code(), e.to_string()),
+                };
+                let Some(dev) = self.devices.get(&id) else {
+                    return self.error(
+                        result_topic,
+                        &req.event_id,
+                        now_ms,
+                        404,
+                        format!("no device {id} on node {}", self.node),
+                    );
+                };
+                let r = TwinResult {
+                    base: BaseMessage {
+                        event_id: req.event_id,
+                        timestamp: now_ms,
+                    },
+                    twin: dev
+                        .props
+                        .iter()
+                        .map(|(k, p)| (k.clone(), MsgTwin::from_twin(&p.twin)))
+                        .collect(),
+                };
+                Actions {
+                    publish: vec![(result_topic, json(&r))],
+                    ..Actions::default()
+                }
+            }
+            "twin/update" => self.on_update(&id, body, result_topic, now_ms),
+            _ => Actions::default(),
+        }
+    }
+
+    fn on_update(&mut self, id: &str, body: &[u8], result_topic: String, now_ms: i64) -> Actions {
+        let update = match payload::parse_twin_update(body) {
+            Ok(u) => u,
+            Err(e) => return self.error(result_topic, "", now_ms, e.code(), e.to_string()),
+        };
+        let ev = update.base.event_id.clone();
+        let Some(dev) = self.devices.get(id) else {
+            return self.error(
+                result_topic,
+                &ev,
+                now_ms,
+                404,
+                format!("no device {id} on node {}", self.node),
+            );
+        };
+        // Check everything first: a request is applied whole or not at all.
+        for (name, t) in &update.twin {
+            let Some(p) = dev.props.get(name) else {
+                return self.error(
+                    result_topic,
+                    &ev,
+                    now_ms,
+                    404,
+                    format!("device {id} has no property {name:?}"),
+                );
+            };
+            if let Some(v) = t.expected.as_ref().and_then(|e| e.value.as_ref()) {
+                if p.access == AccessMode::ReadOnly {
+                    return self.error(
+                        result_topic,
+                        &ev,
+                        now_ms,
+                        409,
+                        format!("{name} is read-only; a desired value cannot be set"),
+                    );
+                }
+                if let Err(e) = Value::parse(p.ty, v) {
+                    return self.error(result_topic, &ev, now_ms, 400, format!("{name}: {e}"));
+                }
+            }
+            if let Some(v) = t.actual.as_ref().and_then(|e| e.value.as_ref())
+                && let Err(e) = Value::parse(p.ty, v)
+            {
+                return self.error(result_topic, &ev, now_ms, 400, format!("{name}: {e}"));
+            }
+        }
+        let mut a = Actions::default();
+        let mut result = BTreeMap::new();
+        let mut doc = BTreeMap::new();
+        let Some(dev) = self.devices.get_mut(id) else {
+            return a;
+        };
+        for (name, t) in &update.twin {
+            let Some(p) = dev.props.get_mut(name) else {
+                continue;
+            };
+            let before = MsgTwin::from_twin(&p.twin);
+            if let Some(v) = t.expected.as_ref().and_then(|e| e.value.clone()) {
+                let d = set_local_desired(p.twin.desired.as_ref(), v, now_ms);
+                p.twin.desired = Some(d.clone());
+                a.twins.push(TwinWrite {
+                    device: id.into(),
+                    property: name.clone(),
+                    ty: p.ty,
+                    which: Which::Desired,
+                    value: d,
+                });
+            }
+            if let Some(v) = t.actual.as_ref().and_then(|e| e.value.clone()) {
+                let ts = t
+                    .actual
+                    .as_ref()
+                    .and_then(|e| e.metadata.as_ref())
+                    .map_or(now_ms, |m| m.timestamp);
+                let r = set_reported(p.twin.reported.as_ref(), v.clone(), ts);
+                p.twin.reported = Some(r.clone());
+                a.twins.push(TwinWrite {
+                    device: id.into(),
+                    property: name.clone(),
+                    ty: p.ty,
+                    which: Which::Reported,
+                    value: r,
+                });
+                a.samples.push(Sample {
+                    device: id.into(),
+                    property: name.clone(),
+                    value: v,
+                    ts,
+                });
+            }
+            let after = MsgTwin::from_twin(&p.twin);
+            result.insert(name.clone(), after.clone());
+            doc.insert(
+                name.clone(),
+                TwinDoc {
+                    last: Some(before),
+                    current: Some(after),
+                },
+            );
+        }
+        let base = BaseMessage {
+            event_id: ev,
+            timestamp: now_ms,
+        };
+        a.publish.push((
+            result_topic.clone(),
+            json(&TwinResult {
+                base: base.clone(),
+                twin: result,
+            }),
+        ));
+        let prefix = result_topic.trim_end_matches("/result").to_string();
+        a.publish.push((
+            format!("{prefix}/document"),
+            json(&TwinDocument {
+                base: base.clone(),
+                twin: doc,
+            }),
+        ));
+        let delta: BTreeMap<String, String> = dev
+            .props
+            .iter()
+            .filter_map(|(k, p)| p.twin.delta().map(|d| (k.clone(), d.to_string())))
+            .collect();
+        if !delta.is_empty() {
+            let twin = dev
+                .props
+                .iter()
+                .filter(|(k, _)| delta.contains_key(*k))
+                .map(|(k, p)| (k.clone(), MsgTwin::from_twin(&p.twin)))
+                .collect();
+            a.publish.push((
+                format!("{prefix}/delta"),
+                json(&TwinDelta { base, twin, delta }),
+            ));
+        }
+        self.push_pending_writes(id, &mut a);
+        a
+    }
+}
+
+/// A `twin/update` payload that sets desired values (what `twin set` sends).
+pub fn expected_update(event_id: &str, property: &str, value: &str, now_ms: i64) -> String {
+    let t = MsgTwin {
+        expected: Some(TwinValueMsg {
+            value: Some(value.into()),
+            metadata: None,
+        }),
+        ..MsgTwin::default()
+    };
+    json(&payload::TwinUpdate {
+        base: BaseMessage {
+            event_id: event_id.into(),
+            timestamp: now_ms,
+        },
+        twin: BTreeMap::from([(property.to_string(), t)]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    fn twins() -> (Twins, Vec<DeviceConfig>) {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../device-models/examples/oil-platform");
+        let set = device_models::check_path(&dir);
+        (
+            Twins::new("rig7-edge", &set.devices, BTreeMap::new()),
+            set.devices,
+        )
+    }
+
+    fn reading(dev: &str, prop: &str, v: Value, ts: i64) -> Reading {
+        Reading {
+            device: Arc::from(dev),
+            property: Arc::from(prop),
+            value: v,
+            timestamp_ms: ts,
+            quality: mappers::Quality::Good,
+        }
+    }
+
+    #[test]
+    fn deadband_and_report_cycle() {
+        let (mut t, _) = twins();
+        let d = "rig7/pump-p201";
+        // speed: deadband 5, report cycle = collect cycle 500 ms.
+        let a = t.on_readings(&[reading(d, "speed", Value::Int(1000), 0)], 0);
+        assert_eq!(a.samples.len(), 1);
+        assert_eq!(
+            a.publish[0].0,
+            "$ke/events/device/rig7/pump-p201/data/update"
+        );
+        assert!(
+            t.on_readings(&[reading(d, "speed", Value::Int(1003), 100)], 100)
+                .samples
+                .is_empty()
+        );
+        assert_eq!(
+            t.on_readings(&[reading(d, "speed", Value::Int(1010), 200)], 200)
+                .samples
+                .len(),
+            1
+        );
+        // Unchanged, but the report cycle elapsed.
+        assert_eq!(
+            t.on_readings(&[reading(d, "speed", Value::Int(1010), 800)], 800)
+                .samples
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn file_desired_becomes_writes_until_reported() {
+        let (mut t, devs) = twins();
+        let a = t.apply_file_desired(&devs, 1);
+        let props: Vec<&str> = a.writes.iter().map(|(_, w)| w.property.as_str()).collect();
+        assert!(
+            props.contains(&"choke-position")
+                && props.contains(&"speed-setpoint")
+                && props.contains(&"pump-run")
+        );
+        t.on_readings(
+            &[reading(
+                "rig7/wellhead-a07",
+                "choke-position",
+                Value::Float(35.0),
+                2,
+            )],
+            2,
+        );
+        let w = t.twins("rig7/wellhead-a07").unwrap();
+        assert_eq!(w["choke-position"].delta(), None);
+    }
+
+    #[test]
+    fn twin_update_sets_desired_and_answers() {
+        let (mut t, _) = twins();
+        let topic = "$hw/events/device/rig7/pump-p201/twin/update";
+        let a = t.on_message(
+            topic,
+            expected_update("e1", "speed-setpoint", "1800", 5).as_bytes(),
+            5,
+        );
+        assert_eq!(a.writes.len(), 1);
+        assert_eq!(a.writes[0].1.value, Value::Int(1800));
+        let topics: Vec<&str> = a.publish.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                format!("{topic}/result"),
+                format!("{topic}/document"),
+                format!("{topic}/delta")
+            ]
+        );
+        let result: serde_json::Value = serde_json::from_str(&a.publish[0].1).unwrap();
+        assert_eq!(result["event_id"], "e1");
+        assert_eq!(
+            result["twin"]["speed-setpoint"]["expected"]["value"],
+            "1800"
+        );
+        assert_eq!(
+            result["twin"]["speed-setpoint"]["expected_version"]["edge"],
+            1
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_error_results_and_change_nothing() {
+        let (mut t, _) = twins();
+        let base = "$hw/events/device/rig7/pump-p201/twin/update";
+        for (topic, body, code) in [
+            (base.to_string(), "{not json".to_string(), 400),
+            (
+                "$hw/events/device/rig7/nope/twin/update".to_string(),
+                expected_update("e", "x", "1", 0),
+                404,
+            ),
+            (base.to_string(), expected_update("e", "warp", "1", 0), 404),
+            (base.to_string(), expected_update("e", "speed", "1", 0), 409),
+            (
+                base.to_string(),
+                expected_update("e", "speed-setpoint", "fast", 0),
+                400,
+            ),
+            (
+                "$hw/events/device/rig7/nope/twin/get".to_string(),
+                "{}".to_string(),
+                404,
+            ),
+        ] {
+            let a = t.on_message(&topic, body.as_bytes(), 0);
+            assert!(a.twins.is_empty() && a.writes.is_empty(), "{topic} {body}");
+            assert_eq!(a.publish.len(), 1);
+            assert_eq!(a.publish[0].0, format!("{topic}/result"));
+            let e: serde_json::Value = serde_json::from_str(&a.publish[0].1).unwrap();
+            assert_eq!(e["code"], code, "{topic} {body}: {e}");
+        }
+        assert!(
+            t.twins("rig7/pump-p201").unwrap()["speed-setpoint"]
+                .desired
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn get_and_membership() {
+        let (mut t, _) = twins();
+        t.on_readings(&[reading("rig7/gas-gd101", "h2s", Value::Float(0.4), 1)], 1);
+        let a = t.on_message(
+            "$hw/events/device/rig7/gas-gd101/twin/get",
+            br#"{"event_id":"g"}"#,
+            2,
+        );
+        let r: serde_json::Value = serde_json::from_str(&a.publish[0].1).unwrap();
+        assert_eq!(r["twin"]["h2s"]["actual"]["value"], "0.4");
+        let a = t.on_message("$hw/events/node/rig7-edge/membership/get", b"", 3);
+        let m: serde_json::Value = serde_json::from_str(&a.publish[0].1).unwrap();
+        assert_eq!(m["devices"].as_array().unwrap().len(), 6);
+    }
+}
