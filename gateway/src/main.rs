@@ -161,13 +161,12 @@ fn tracing_subscriber_init() {
 
 async fn run(config: PathBuf) -> anyhow::Result<()> {
     let cfg = config::Config::load(&config)?;
-    let dir = cfg.devices_dir.clone().ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: devices_dir is required until the cloud link lands",
-            config.display()
-        )
-    })?;
-    let set = device_models::check_path(&dir);
+    // Standalone mode reads the devices directory; without one, the gateway runs what its
+    // store last applied (edge autonomy: no files, no cloud).
+    let set = match &cfg.devices_dir {
+        Some(dir) => device_models::check_path(dir),
+        None => runtime::stored_devices(&cfg.db_path()).await?,
+    };
     for d in set.diagnostics.iter().filter(|d| d.is_error()) {
         eprintln!("{d}");
     }

@@ -272,6 +272,24 @@ async fn carry_out(
     }
 }
 
+/// The devices and models the store last applied, validated as if read from files: what the
+/// gateway runs when it starts without its devices directory and without the cloud.
+pub async fn stored_devices(
+    db: &std::path::Path,
+) -> Result<device_models::DeviceSet, crate::store::StoreError> {
+    let store = Store::open(db).await?;
+    let mut loaded = device_models::load::LoadedObjects::default();
+    for (key, (_version, body)) in store.objects().await? {
+        // Stored bodies are JSON, which is YAML: the same loader and validator apply.
+        device_models::load::load_str(
+            std::path::Path::new(&format!("store:{key}")),
+            &body,
+            &mut loaded,
+        );
+    }
+    Ok(device_models::validate::validate(loaded))
+}
+
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
