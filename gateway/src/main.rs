@@ -110,7 +110,7 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Check { .. }) {
-        tracing_subscriber_init();
+        tracing_subscriber_init(matches!(cli.command, Command::Demo { .. }));
     }
     match cli.command {
         Command::Check {
@@ -154,9 +154,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn tracing_subscriber_init() {
-    // Logs go to stderr through `tracing`; without a subscriber they are dropped. A JSON
-    // subscriber is issue 5's remaining work (see docs/GATEWAY.md).
+/// Logs to stderr: `BALLAST_LOG` filters (default `info,rumqttd=warn`, e.g. `BALLAST_LOG=debug` or
+/// `BALLAST_LOG=mappers=debug,info`), `BALLAST_LOG_FORMAT=json` gives one JSON object a line.
+/// The demo logs warnings only, so that its live table stays readable; rumqttd's INFO lines
+/// (every subscription) are hidden unless asked for.
+fn tracing_subscriber_init(demo: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if demo { "warn" } else { "info,rumqttd=warn" };
+    let filter = EnvFilter::try_from_env("BALLAST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("BALLAST_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 async fn run(config: PathBuf) -> anyhow::Result<()> {
