@@ -50,6 +50,44 @@ impl std::fmt::Debug for Embedded {
     }
 }
 
+/// Whether rumqttd accepts MQTT at `addr`. Sends a real CONNECT and DISCONNECT: rumqttd logs a
+/// connection that sends nothing as an error.
+fn probe_ready(addr: SocketAddr) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let id = b"ballast-probe";
+    let mut connect = vec![
+        0x10,
+        (10 + 2 + id.len()) as u8,
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        0x02,
+        0,
+        10,
+    ];
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(id);
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    if s.write_all(&connect).is_err() {
+        return false;
+    }
+    // CONNACK first, then DISCONNECT: a client that leaves before its CONNACK is logged as an
+    // error by rumqttd too.
+    let mut ack = [0u8; 4];
+    let ready = std::io::Read::read_exact(&mut s, &mut ack).is_ok() && ack[0] == 0x20;
+    let _ = s.write_all(&[0xE0, 0]);
+    let mut rest = [0u8; 1];
+    let _ = std::io::Read::read(&mut s, &mut rest);
+    ready
+}
+
 fn rumqttd_config(cfg: &BrokerConfig, listen: SocketAddr) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 5000,
@@ -134,7 +172,7 @@ pub fn start(cfg: &BrokerConfig, link_names: &[&str]) -> Result<Embedded, Broker
         })?;
     // Wait (bounded) until rumqttd accepts, so callers can connect at once.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::net::TcpStream::connect(internal).is_err() {
+    while !probe_ready(internal) {
         if std::time::Instant::now() > deadline {
             return Err(BrokerError::Listen {
                 addr: internal,

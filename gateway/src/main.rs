@@ -154,13 +154,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr: `BALLAST_LOG` filters (default `info,rumqttd=warn`, e.g. `BALLAST_LOG=debug` or
+/// Logs to stderr: `BALLAST_LOG` filters (default `info,rumqttd=off`, e.g. `BALLAST_LOG=debug` or
 /// `BALLAST_LOG=mappers=debug,info`), `BALLAST_LOG_FORMAT=json` gives one JSON object a line.
 /// The demo logs warnings only, so that its live table stays readable; rumqttd's INFO lines
 /// (every subscription) are hidden unless asked for.
 fn tracing_subscriber_init(demo: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if demo { "warn" } else { "info,rumqttd=warn" };
+    // rumqttd logs every clean disconnect as an ERROR; its own log is opt-in.
+    let default = if demo {
+        "warn,rumqttd=off"
+    } else {
+        "info,rumqttd=off"
+    };
     let filter = EnvFilter::try_from_env("BALLAST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
