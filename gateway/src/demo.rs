@@ -97,7 +97,7 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     if std::net::TcpListener::bind(cfg.broker.listen).is_err() {
         cfg.broker.listen.set_port(0);
     }
-    cfg.metrics.listen = None;
+    cfg.metrics.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let devices = set.devices.clone();
     let gw = crate::runtime::start(&cfg, devices).await?;
     // MQTT devices talk to the embedded broker.

@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod front;
+pub mod metrics;
 pub mod runtime;
 pub mod store;
 pub mod twin_cli;

@@ -46,6 +46,8 @@ pub struct Running {
     pub shutdown: watch::Sender<bool>,
     /// The owner loop; ends after shutdown.
     pub task: tokio::task::JoinHandle<()>,
+    /// Where `/metrics` and `/healthz` are served, when enabled.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Current twins, refreshed after every batch (for display).
     pub view:
         watch::Receiver<BTreeMap<String, BTreeMap<String, device_models::twin::PropertyTwin>>>,
@@ -124,6 +126,10 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(4096);
     let mut writers: BTreeMap<String, mpsc::Sender<WriteRequest>> = BTreeMap::new();
+    let mut mapper_metrics = Vec::new();
+    let states: Arc<std::sync::Mutex<BTreeMap<String, &'static str>>> = Arc::new(
+        std::sync::Mutex::new(devices.iter().map(|d| (d.id.clone(), "unknown")).collect()),
+    );
     let mlinks = Links::default();
     let opts = MapperOptions {
         embedded_broker: Some(("127.0.0.1".into(), internal.port())),
@@ -134,6 +140,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
             Mapper::build(d, &mlinks, &opts).map_err(|e| StartError::Mapper(d.id.clone(), e))?;
         let (wtx, wrx) = mpsc::channel(32);
         writers.insert(d.id.clone(), wtx);
+        mapper_metrics.push((d.id.clone(), m.metrics()));
         tokio::spawn(m.run(MapperIo {
             events: events_tx.clone(),
             writes: wrx,
@@ -160,6 +167,21 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
     });
 
     let stats = Arc::new(Stats::default());
+    let metrics = match cfg.metrics.listen {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await?;
+            let bound = l.local_addr()?;
+            let src = crate::metrics::Sources {
+                stats: stats.clone(),
+                mappers: mapper_metrics,
+                states: states.clone(),
+                store: store.clone(),
+            };
+            tokio::spawn(crate::metrics::serve(l, src));
+            Some(bound)
+        }
+    };
     let (view_tx, view_rx) = watch::channel(BTreeMap::new());
     let initial = twins.apply_file_desired(&devices, mappers::now_ms());
     let st = stats.clone();
@@ -214,6 +236,9 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
                             Event::Health { device, health, reason } => {
                                 tracing::info!(device = %device, state = health.as_str(), reason, "device state");
                                 twins.on_health(&device, health);
+                                if let Some(slot) = states.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(&*device) {
+                                    *slot = health.as_str();
+                                }
                             }
                             Event::Write { device, property, outcome, .. } => {
                                 tracing::info!(device = %device, property, outcome = ?outcome, "write");
@@ -235,6 +260,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
         stats,
         shutdown: shutdown_tx,
         task,
+        metrics,
         view: view_rx,
     })
 }

@@ -64,3 +64,50 @@ async fn restarts_from_its_store_alone() {
         .unwrap();
     assert_eq!(sp.desired, Some(device_models::Value::Int(2400)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_healthz() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    cfg.broker.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    // The devices point at addresses where nothing answers: they go offline, which the metrics say.
+    let gw = gateway::runtime::start(&cfg, platform().devices)
+        .await
+        .unwrap();
+    let addr = gw.metrics.unwrap();
+    let get = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    assert!(get("/healthz").await.ends_with("ok\n"));
+    assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = get("/metrics").await;
+        assert!(m.contains("# TYPE ballast_readings_total counter"), "{m}");
+        assert!(m.contains("ballast_outbox_depth_rows "), "{m}");
+        assert!(
+            m.contains("ballast_mapper_errors_link_total{device=\"rig7/wellhead-a07\"}"),
+            "{m}"
+        );
+        if m.contains("ballast_device_state{device=\"rig7/wellhead-a07\",state=\"offline\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wellhead never reported offline: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = gw.shutdown.send(true);
+}
