@@ -126,6 +126,9 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     println!(
         "Read a twin:       ballast-gateway twin get rig7/wellhead-a07 --broker 127.0.0.1:{port}"
     );
+    if let Some(m) = gw.metrics {
+        println!("Metrics:           curl -s http://{m}/metrics | grep ^ballast_");
+    }
     println!();
     let tty = std::io::stdout().is_terminal();
     let started = std::time::Instant::now();
