@@ -188,25 +188,68 @@ async fn run(config: PathBuf) -> anyhow::Result<()> {
     for d in set.diagnostics.iter().filter(|d| d.is_error()) {
         eprintln!("{d}");
     }
-    let devices: Vec<_> = set
-        .devices
-        .into_iter()
-        .filter(|d| {
-            d.device
-                .spec
-                .node_name
-                .as_deref()
-                .is_none_or(|n| n == cfg.node_name)
-        })
-        .collect();
-    let gw = runtime::start(&cfg, devices).await?;
-    eprintln!(
-        "ballast-gateway: broker on {}, store {}",
-        gw.broker,
-        cfg.db_path().display()
-    );
-    tokio::signal::ctrl_c().await?;
+    let node = cfg.node_name.clone();
+    let mine = move |set: device_models::DeviceSet| -> Vec<device_models::DeviceConfig> {
+        set.devices
+            .into_iter()
+            .filter(|d| d.device.spec.node_name.as_deref().is_none_or(|n| n == node))
+            .collect()
+    };
+    let gw = runtime::start(&cfg, mine(set)).await?;
+    tracing::info!(broker = %gw.broker, store = %cfg.db_path().display(), "gateway running");
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    let mut seen = cfg.devices_dir.as_deref().map(fingerprint);
+    loop {
+        let reload = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => true,
+            _ = poll.tick() => {
+                let now = cfg.devices_dir.as_deref().map(fingerprint);
+                let changed = now != seen;
+                seen = now;
+                changed
+            }
+        };
+        let Some(dir) = cfg.devices_dir.as_deref().filter(|_| reload) else {
+            continue;
+        };
+        // A broken edit keeps the running configuration: report it, apply nothing.
+        let set = device_models::check_path(dir);
+        if set.errors() > 0 {
+            for d in set.diagnostics.iter().filter(|d| d.is_error()) {
+                tracing::error!("{d}");
+            }
+            tracing::error!("{}; keeping the running configuration", set.summary());
+            continue;
+        }
+        let _ = gw.reload.send(mine(set)).await;
+    }
     let _ = gw.shutdown.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), gw.task).await;
     Ok(())
+}
+
+/// What changes when a device file is edited: every YAML file's path, size and modification
+/// time.
+fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if let Ok(m) = e.metadata() {
+                out.push((p, m.len(), m.modified().ok()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
 }

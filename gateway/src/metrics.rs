@@ -19,7 +19,7 @@ pub struct Sources {
     /// Gateway counters.
     pub stats: Arc<Stats>,
     /// Each device's mapper metrics.
-    pub mappers: Vec<(String, Arc<mappers::Metrics>)>,
+    pub mappers: crate::runtime::MetricsMap,
     /// Each device's state (`online`, `offline`, `unhealthy`, `unknown`).
     pub states: Arc<Mutex<BTreeMap<String, &'static str>>>,
     /// For the outbox depth.
@@ -100,7 +100,12 @@ pub async fn render(src: &Sources) -> String {
         }
     }
     let mut by_name: BTreeMap<&'static str, Vec<(String, u64)>> = BTreeMap::new();
-    for (d, m) in &src.mappers {
+    let mappers = src
+        .mappers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    for (d, m) in &mappers {
         for (name, v) in m.snapshot() {
             by_name.entry(name).or_default().push((d.clone(), v));
         }

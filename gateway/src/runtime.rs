@@ -33,6 +33,10 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Store errors (the batch is retried with the next one).
     pub store_errors: AtomicU64,
+    /// Mapper tasks started (at start and by reloads).
+    pub mapper_starts: AtomicU64,
+    /// Reloads applied.
+    pub reloads: AtomicU64,
 }
 
 /// A started gateway.
@@ -46,6 +50,8 @@ pub struct Running {
     pub shutdown: watch::Sender<bool>,
     /// The owner loop; ends after shutdown.
     pub task: tokio::task::JoinHandle<()>,
+    /// New device configs: only what changed is restarted (see [`reload`]).
+    pub reload: mpsc::Sender<Vec<DeviceConfig>>,
     /// Where `/metrics` and `/healthz` are served, when enabled.
     pub metrics: Option<std::net::SocketAddr>,
     /// Current twins, refreshed after every batch (for display).
@@ -123,31 +129,31 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
     }
     let mut twins = Twins::new(&cfg.node_name, &devices, stored);
 
+    let stats = Arc::new(Stats::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(4096);
-    let mut writers: BTreeMap<String, mpsc::Sender<WriteRequest>> = BTreeMap::new();
-    let mut mapper_metrics = Vec::new();
+    let mapper_metrics: MetricsMap = Arc::default();
     let states: Arc<std::sync::Mutex<BTreeMap<String, &'static str>>> = Arc::new(
         std::sync::Mutex::new(devices.iter().map(|d| (d.id.clone(), "unknown")).collect()),
     );
-    let mlinks = Links::default();
-    let opts = MapperOptions {
-        embedded_broker: Some(("127.0.0.1".into(), internal.port())),
-        ..MapperOptions::default()
+    let spawner = Spawner {
+        links: Links::default(),
+        opts: MapperOptions {
+            embedded_broker: Some(("127.0.0.1".into(), internal.port())),
+            ..MapperOptions::default()
+        },
+        events: events_tx,
+        metrics: mapper_metrics.clone(),
+        stats: stats.clone(),
     };
+    let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     for d in &devices {
-        let m =
-            Mapper::build(d, &mlinks, &opts).map_err(|e| StartError::Mapper(d.id.clone(), e))?;
-        let (wtx, wrx) = mpsc::channel(32);
-        writers.insert(d.id.clone(), wtx);
-        mapper_metrics.push((d.id.clone(), m.metrics()));
-        tokio::spawn(m.run(MapperIo {
-            events: events_tx.clone(),
-            writes: wrx,
-            shutdown: shutdown_rx.clone(),
-        }));
+        let slot = spawner
+            .spawn(d)
+            .map_err(|e| StartError::Mapper(d.id.clone(), e))?;
+        slots.insert(d.id.clone(), slot);
     }
-    drop(events_tx);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<Vec<DeviceConfig>>(4);
 
     // MQTT requests: rumqttd's link is read on its own task and fed to the owner.
     let (req_tx, mut req_rx) = mpsc::channel::<(String, Vec<u8>)>(1024);
@@ -166,7 +172,6 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
         }
     });
 
-    let stats = Arc::new(Stats::default());
     let metrics = match cfg.metrics.listen {
         None => None,
         Some(addr) => {
@@ -174,7 +179,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
             let bound = l.local_addr()?;
             let src = crate::metrics::Sources {
                 stats: stats.clone(),
-                mappers: mapper_metrics,
+                mappers: mapper_metrics.clone(),
                 states: states.clone(),
                 store: store.clone(),
             };
@@ -193,7 +198,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
         let mut last_trim = std::time::Instant::now();
         loop {
             for a in pending.drain(..) {
-                carry_out(a, &store, &mut link_tx, &writers, &st).await;
+                carry_out(a, &store, &mut link_tx, &slots, &st).await;
             }
             let ids = twins.ids();
             let _ = view_tx.send(
@@ -216,8 +221,20 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
             tokio::select! {
                 r = shutdown.changed() => {
                     if r.is_err() || *shutdown.borrow() {
+                        for slot in slots.values() {
+                            let _ = slot.stop.send(true);
+                        }
                         return;
                     }
+                }
+                Some(new) = reload_rx.recv() => {
+                    let changed = reload(&mut slots, &spawner, &new, &store, &states).await;
+                    twins.set_devices(&new);
+                    let now = mappers::now_ms();
+                    let touched: Vec<DeviceConfig> = new.iter().filter(|d| changed.contains(&d.id)).cloned().collect();
+                    pending.push(twins.apply_file_desired(&touched, now));
+                    tracing::info!(devices = new.len(), changed = changed.len(), "device files reloaded");
+                    st.reloads.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(ev) = events_rx.recv() => {
                     // Drain what is queued: one transaction for the whole batch.
@@ -260,16 +277,137 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
         stats,
         shutdown: shutdown_tx,
         task,
+        reload: reload_tx,
         metrics,
         view: view_rx,
     })
+}
+
+/// Mapper metrics by device, shared with the metrics endpoint.
+pub type MetricsMap = Arc<std::sync::Mutex<BTreeMap<String, Arc<mappers::Metrics>>>>;
+
+/// A running mapper: its config, its write queue and its own stop switch.
+#[derive(Debug)]
+pub struct Slot {
+    fingerprint: String,
+    writes: mpsc::Sender<WriteRequest>,
+    stop: watch::Sender<bool>,
+}
+
+/// Starts mappers; Modbus links live in `links`, so a restarted mapper keeps its device's
+/// connection.
+#[derive(Debug)]
+struct Spawner {
+    links: Links,
+    opts: MapperOptions,
+    events: mpsc::Sender<Event>,
+    metrics: MetricsMap,
+    stats: Arc<Stats>,
+}
+
+/// What identifies a device's running configuration: the object and everything parsed from it.
+fn fingerprint(d: &DeviceConfig) -> String {
+    format!(
+        "{}|{:?}|{:?}",
+        serde_json::to_string(&d.device).unwrap_or_default(),
+        d.protocol,
+        d.properties
+    )
+}
+
+impl Spawner {
+    fn spawn(&self, d: &DeviceConfig) -> Result<Slot, mappers::BuildError> {
+        let m = Mapper::build(d, &self.links, &self.opts)?;
+        let (wtx, wrx) = mpsc::channel(32);
+        let (stop, stop_rx) = watch::channel(false);
+        self.metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(d.id.clone(), m.metrics());
+        tokio::spawn(m.run(MapperIo {
+            events: self.events.clone(),
+            writes: wrx,
+            shutdown: stop_rx,
+        }));
+        self.stats.mapper_starts.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot {
+            fingerprint: fingerprint(d),
+            writes: wtx,
+            stop,
+        })
+    }
+}
+
+/// Applies a new set of device configs: removed devices stop, new ones start, changed ones
+/// restart (their Modbus connection stays, it belongs to the link), unchanged ones are not
+/// touched. Returns the ids started or restarted.
+async fn reload(
+    slots: &mut BTreeMap<String, Slot>,
+    spawner: &Spawner,
+    new: &[DeviceConfig],
+    store: &Store,
+    states: &std::sync::Mutex<BTreeMap<String, &'static str>>,
+) -> Vec<String> {
+    let keep: std::collections::BTreeSet<&str> = new.iter().map(|d| d.id.as_str()).collect();
+    let gone: Vec<String> = slots
+        .keys()
+        .filter(|k| !keep.contains(k.as_str()))
+        .cloned()
+        .collect();
+    for id in gone {
+        if let Some(slot) = slots.remove(&id) {
+            let _ = slot.stop.send(true);
+        }
+        spawner
+            .metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+    }
+    let mut changed = Vec::new();
+    for d in new {
+        if slots
+            .get(&d.id)
+            .is_some_and(|s| s.fingerprint == fingerprint(d))
+        {
+            continue;
+        }
+        if let Some(old) = slots.remove(&d.id) {
+            let _ = old.stop.send(true);
+        }
+        match spawner.spawn(d) {
+            Ok(slot) => {
+                slots.insert(d.id.clone(), slot);
+                changed.push(d.id.clone());
+                states
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(d.id.clone())
+                    .or_insert("unknown");
+                let body = serde_json::to_string(&d.device).unwrap_or_default();
+                let _ = store
+                    .put_object(
+                        &format!("Device/{}", d.id),
+                        &format!("{:x}", fnv(&body)),
+                        &body,
+                    )
+                    .await;
+            }
+            Err(e) => tracing::error!(device = %d.id, error = %e, "device not started"),
+        }
+    }
+    changed
 }
 
 async fn carry_out(
     a: crate::twins::Actions,
     store: &Store,
     link: &mut rumqttd::local::LinkTx,
-    writers: &BTreeMap<String, mpsc::Sender<WriteRequest>>,
+    slots: &BTreeMap<String, Slot>,
     st: &Stats,
 ) {
     if !a.twins.is_empty() || !a.samples.is_empty() {
@@ -292,8 +430,8 @@ async fn carry_out(
         }
     }
     for (id, w) in a.writes {
-        if let Some(tx) = writers.get(&id) {
-            let _ = tx.send(w).await;
+        if let Some(slot) = slots.get(&id) {
+            let _ = slot.writes.send(w).await;
         }
     }
 }

@@ -196,6 +196,24 @@ impl Twins {
         }
     }
 
+    /// Replaces the device set (a reload): properties that stay keep their twins, new ones
+    /// start empty, removed devices and properties are dropped from memory (the store keeps
+    /// their history).
+    pub fn set_devices(&mut self, devices: &[DeviceConfig]) {
+        let mut stored: BTreeMap<String, BTreeMap<String, PropertyTwin>> = BTreeMap::new();
+        let mut states: BTreeMap<String, &'static str> = BTreeMap::new();
+        for (id, d) in std::mem::take(&mut self.devices) {
+            states.insert(id.clone(), d.state);
+            stored.insert(id, d.props.into_iter().map(|(k, p)| (k, p.twin)).collect());
+        }
+        self.devices = Twins::new(&self.node, devices, stored).devices;
+        for (id, d) in &mut self.devices {
+            if let Some(st) = states.get(id) {
+                d.state = st;
+            }
+        }
+    }
+
     /// Device ids, sorted.
     pub fn ids(&self) -> Vec<String> {
         self.devices.keys().cloned().collect()

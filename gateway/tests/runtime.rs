@@ -111,3 +111,115 @@ async fn metrics_and_healthz() {
     }
     let _ = gw.shutdown.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_restarts_only_what_changed() {
+    use device_models::protocol::modbus::ModbusTransport;
+    use device_models::protocol::{DeviceProtocol, PropertyVisitor};
+    use std::sync::atomic::Ordering;
+    let set = platform();
+    let ep = simulators::modbus_endpoint(&set.devices, simulators::Line::Tcp, 1).unwrap();
+    let sim = simulators::modbus::tcp::spawn("127.0.0.1:0".parse().unwrap(), ep.clone())
+        .await
+        .unwrap();
+    let _tick = simulators::AbortOnDrop(simulators::spawn_ticker(
+        vec![ep],
+        Duration::from_millis(20),
+    ));
+    let mut devices: Vec<_> = set
+        .devices
+        .into_iter()
+        .filter(|d| d.id == "rig7/wellhead-a07" || d.id == "rig7/pump-p201")
+        .collect();
+    for d in &mut devices {
+        if let DeviceProtocol::Modbus(m) = &mut d.protocol {
+            m.transport = ModbusTransport::Tcp {
+                host: "127.0.0.1".into(),
+                port: sim.addr.port(),
+            };
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    cfg.broker.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.metrics.listen = None;
+    let gw = gateway::runtime::start(&cfg, devices.clone())
+        .await
+        .unwrap();
+    let reported = |view: &tokio::sync::watch::Receiver<
+        std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, device_models::twin::PropertyTwin>,
+        >,
+    >,
+                    dev: &str,
+                    prop: &str| {
+        view.borrow()
+            .get(dev)
+            .and_then(|t| t.get(prop))
+            .and_then(|t| t.reported.clone())
+    };
+    // The pump runs (desired from its file) and draws current: 8 A and up, in 0.1 A steps.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reported(&gw.view, "rig7/pump-p201", "motor-current")
+        .is_some_and(|v| v.value.parse::<f64>().unwrap_or(0.0) > 8.0)
+    {
+        assert!(Instant::now() < deadline, "pump never drew current");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let starts = gw.stats.mapper_starts.load(Ordering::Relaxed);
+    let conns = simulators::modbus::Stats::get(&sim.endpoint.stats.connections);
+    assert_eq!((starts, conns), (2, 1));
+    // Change the pump's motor-current scale from 0.1 to 1 (raw amps × 10): reload.
+    let pump = devices
+        .iter_mut()
+        .find(|d| d.id == "rig7/pump-p201")
+        .unwrap();
+    let p = pump
+        .properties
+        .iter_mut()
+        .find(|p| p.name == "motor-current")
+        .unwrap();
+    let PropertyVisitor::Modbus(v) = &mut p.visitor else {
+        panic!()
+    };
+    v.scaling.scale = 1.0;
+    gw.reload.send(devices.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reported(&gw.view, "rig7/pump-p201", "motor-current")
+        .is_some_and(|v| v.value.parse::<f64>().unwrap_or(0.0) > 80.0)
+    {
+        assert!(Instant::now() < deadline, "new scale never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only the pump's mapper restarted; the wellhead's kept running; the TCP connection stayed.
+    assert_eq!(gw.stats.mapper_starts.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        simulators::modbus::Stats::get(&sim.endpoint.stats.connections),
+        1
+    );
+    let t0 = reported(&gw.view, "rig7/wellhead-a07", "tubing-pressure")
+        .unwrap()
+        .timestamp_ms;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reported(&gw.view, "rig7/wellhead-a07", "tubing-pressure")
+        .unwrap()
+        .timestamp_ms
+        == t0
+    {
+        assert!(Instant::now() < deadline, "wellhead stopped reporting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same set again: nothing restarts.
+    gw.reload.send(devices).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.stats.reloads.load(Ordering::Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "second reload not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.stats.mapper_starts.load(Ordering::Relaxed), 3);
+    let _ = gw.shutdown.send(true);
+}
