@@ -19,6 +19,17 @@ pub fn write(
     tags: usize,
     endpoint: impl Fn(usize) -> (String, u16),
 ) -> Result<(), SimError> {
+    write_with_cycle(dir, plcs, tags, 100, endpoint)
+}
+
+/// [`write`] with a collect cycle of `cycle_ms` for every tag.
+pub fn write_with_cycle(
+    dir: &Path,
+    plcs: usize,
+    tags: usize,
+    cycle_ms: u64,
+    endpoint: impl Fn(usize) -> (String, u16),
+) -> Result<(), SimError> {
     let n_int = tags * 2 / 3;
     let n_float = (tags - n_int) / 2;
     let n_coil = tags - n_int - n_float;
@@ -50,7 +61,7 @@ pub fn write(
         );
         let _ = writeln!(
             props,
-            "    - name: tag-{t}\n      collectCycle: 100\n      visitors: {{protocolName: modbus, configData: {{{cfg}}}}}"
+            "    - name: tag-{t}\n      collectCycle: {cycle_ms}\n      visitors: {{protocolName: modbus, configData: {{{cfg}}}}}"
         );
     }
     debug_assert!(n_coil > 0 || tags < 3);
