@@ -113,8 +113,10 @@ fn rumqttd_config(cfg: &BrokerConfig, listen: SocketAddr) -> Config {
         router: RouterConfig {
             max_connections: cfg.max_connections + 16,
             max_outgoing_packet_count: 200,
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
+            // rumqttd keeps a commit log per topic; with one telemetry topic per device, big
+            // segments multiply. The outbox, not the broker, is the durable path.
+            max_segment_size: 64 * 1024,
+            max_segment_count: 4,
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([("v4".to_string(), server)])),

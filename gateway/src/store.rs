@@ -198,42 +198,63 @@ impl Store {
         twins: &[TwinWrite],
         samples: &[Sample],
     ) -> Result<Vec<i64>, StoreError> {
+        // Multi-row statements: one statement per chunk, not per row (sqlx runs each statement
+        // through its SQLite worker thread, which costs far more than SQLite itself).
+        const TWIN_ROWS: usize = 1000;
+        const SAMPLE_ROWS: usize = 2000;
         let mut tx = self.pool.begin().await?;
+        // Only the newest write of a (device, property, side) in a batch matters.
+        let mut last: BTreeMap<(&str, &str, bool), &TwinWrite> = BTreeMap::new();
         for t in twins {
-            let (v, c, e, ts) = (
-                &t.value.value,
-                t.value.version.cloud as i64,
-                t.value.version.edge as i64,
-                t.value.timestamp_ms,
-            );
-            let sql = match t.which {
-                Which::Desired => "INSERT INTO twins (device, property, ty, desired, desired_cloud, desired_edge, desired_ts) VALUES (?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT(device, property) DO UPDATE SET ty = excluded.ty, desired = excluded.desired, desired_cloud = excluded.desired_cloud, desired_edge = excluded.desired_edge, desired_ts = excluded.desired_ts",
-                Which::Reported => "INSERT INTO twins (device, property, ty, reported, reported_cloud, reported_edge, reported_ts) VALUES (?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT(device, property) DO UPDATE SET ty = excluded.ty, reported = excluded.reported, reported_cloud = excluded.reported_cloud, reported_edge = excluded.reported_edge, reported_ts = excluded.reported_ts",
+            last.insert((&t.device, &t.property, t.which == Which::Desired), t);
+        }
+        for which in [Which::Desired, Which::Reported] {
+            let rows: Vec<&TwinWrite> = last
+                .values()
+                .copied()
+                .filter(|t| t.which == which)
+                .collect();
+            let side = if which == Which::Desired {
+                "desired"
+            } else {
+                "reported"
             };
-            sqlx::query(sql)
-                .bind(&t.device)
-                .bind(&t.property)
-                .bind(type_text(t.ty))
-                .bind(v)
-                .bind(c)
-                .bind(e)
-                .bind(ts)
-                .execute(&mut *tx)
-                .await?;
+            for chunk in rows.chunks(TWIN_ROWS) {
+                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+                    "INSERT INTO twins (device, property, ty, {side}, {side}_cloud, {side}_edge, {side}_ts) "
+                ));
+                q.push_values(chunk, |mut b, t| {
+                    b.push_bind(t.device.as_str())
+                        .push_bind(t.property.as_str())
+                        .push_bind(type_text(t.ty))
+                        .push_bind(t.value.value.as_str())
+                        .push_bind(t.value.version.cloud as i64)
+                        .push_bind(t.value.version.edge as i64)
+                        .push_bind(t.value.timestamp_ms);
+                });
+                q.push(format!(
+                    " ON CONFLICT(device, property) DO UPDATE SET ty = excluded.ty, {side} = excluded.{side}, \
+                     {side}_cloud = excluded.{side}_cloud, {side}_edge = excluded.{side}_edge, {side}_ts = excluded.{side}_ts"
+                ));
+                q.build().execute(&mut *tx).await?;
+            }
         }
         let mut seqs = Vec::with_capacity(samples.len());
-        for s in samples {
-            let r =
-                sqlx::query("INSERT INTO outbox (device, property, value, ts) VALUES (?, ?, ?, ?)")
-                    .bind(&s.device)
-                    .bind(&s.property)
-                    .bind(&s.value)
-                    .bind(s.ts)
-                    .execute(&mut *tx)
-                    .await?;
-            seqs.push(r.last_insert_rowid());
+        for chunk in samples.chunks(SAMPLE_ROWS) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO outbox (device, property, value, ts) ",
+            );
+            q.push_values(chunk, |mut b, s| {
+                b.push_bind(s.device.as_str())
+                    .push_bind(s.property.as_str())
+                    .push_bind(s.value.as_str())
+                    .push_bind(s.ts);
+            });
+            let r = q.build().execute(&mut *tx).await?;
+            // One writer, one statement: the rows got consecutive sequence numbers.
+            let end = r.last_insert_rowid();
+            let first = end - chunk.len() as i64 + 1;
+            seqs.extend(first..=end);
         }
         tx.commit().await?;
         Ok(seqs)
