@@ -133,6 +133,12 @@ async fn p7(devices: usize, tags: usize, secs: u64) -> Result<()> {
     };
     cfg.broker.listen = "127.0.0.1:0".parse()?;
     cfg.metrics.listen = None;
+    if let Some(n) = std::env::var("BROKER_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.broker.max_connections = n;
+    }
     let gw = gateway::runtime::start(&cfg, set.devices).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let cpu0 = simulators::testkit::cpu_ticks("self").map_err(anyhow::Error::msg)?;

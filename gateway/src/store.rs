@@ -236,7 +236,8 @@ impl Store {
                     " ON CONFLICT(device, property) DO UPDATE SET ty = excluded.ty, {side} = excluded.{side}, \
                      {side}_cloud = excluded.{side}_cloud, {side}_edge = excluded.{side}_edge, {side}_ts = excluded.{side}_ts"
                 ));
-                q.build().execute(&mut *tx).await?;
+                // Batch sizes vary: do not fill sqlx's statement cache with one-off statements.
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
         }
         let mut seqs = Vec::with_capacity(samples.len());
@@ -250,7 +251,7 @@ impl Store {
                     .push_bind(s.value.as_str())
                     .push_bind(s.ts);
             });
-            let r = q.build().execute(&mut *tx).await?;
+            let r = q.build().persistent(false).execute(&mut *tx).await?;
             // One writer, one statement: the rows got consecutive sequence numbers.
             let end = r.last_insert_rowid();
             let first = end - chunk.len() as i64 + 1;
