@@ -112,29 +112,43 @@ pub async fn run(o: DemoOptions) -> Result<()> {
         }
     }
     let port = gw.broker.port();
-    println!(
-        "Ballast demo: oil platform rig7, {} devices, store {}",
+    // How to call this very binary (`cargo run` leaves it in target/debug, not on the PATH).
+    let me = std::env::current_exe().map_or_else(
+        |_| "ballast-gateway".to_string(),
+        |p| match std::env::current_dir()
+            .ok()
+            .and_then(|d| p.strip_prefix(d).ok().map(|r| r.to_path_buf()))
+        {
+            Some(rel) => format!("./{}", rel.display()),
+            None => p.display().to_string(),
+        },
+    );
+    let mut header = format!(
+        "Ballast demo: oil platform rig7, {} devices, store {}\n\
+         Watch the twins:   mosquitto_sub -h 127.0.0.1 -p {port} -v -t '$hw/events/device/+/+/twin/#' -t '$ke/events/device/+/+/data/update'\n\
+         Change a setpoint: {me} twin set rig7/pump-p201 speed-setpoint 1800 --broker 127.0.0.1:{port}\n\
+         Read a twin:       {me} twin get rig7/wellhead-a07 --broker 127.0.0.1:{port}\n",
         set.devices.len(),
         cfg.db_path().display()
     );
-    println!(
-        "Watch the twins:   mosquitto_sub -h 127.0.0.1 -p {port} -v -t '$hw/events/device/+/+/twin/#' -t '$ke/events/device/+/+/data/update'"
-    );
-    println!(
-        "Change a setpoint: ballast-gateway twin set rig7/pump-p201 speed-setpoint 1800 --broker 127.0.0.1:{port}"
-    );
-    println!(
-        "Read a twin:       ballast-gateway twin get rig7/wellhead-a07 --broker 127.0.0.1:{port}"
-    );
     if let Some(m) = gw.metrics {
-        println!("Metrics:           curl -s http://{m}/metrics | grep ^ballast_");
+        header.push_str(&format!(
+            "Metrics:           curl -s http://{m}/metrics | grep ^ballast_\n"
+        ));
     }
-    println!();
+    header.push('\n');
+    // A closed stdout (`demo | head`) ends the demo; it is not worth a panic.
+    let closed = {
+        let mut out = std::io::stdout().lock();
+        out.write_all(header.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+    };
     let tty = std::io::stdout().is_terminal();
     let started = std::time::Instant::now();
     let mut view = gw.view.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    while !closed {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {}
