@@ -148,7 +148,10 @@ pub async fn run(o: DemoOptions) -> Result<()> {
     let started = std::time::Instant::now();
     let mut view = gw.view.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    while !closed {
+    loop {
+        if closed {
+            break;
+        }
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {}
