@@ -116,6 +116,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
     for filter in [
         "$hw/events/device/+/+/twin/update".to_string(),
         "$hw/events/device/+/+/twin/get".to_string(),
+        "$hw/events/device/+/+/state/update".to_string(),
         format!("$hw/events/node/{}/membership/get", cfg.node_name),
     ] {
         link_tx
@@ -198,6 +199,15 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
         let mut last_trim = std::time::Instant::now();
         loop {
             for a in pending.drain(..) {
+                for (id, state) in &a.states {
+                    if let Some(slot) = states
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get_mut(id)
+                    {
+                        *slot = state;
+                    }
+                }
                 carry_out(a, &store, &mut link_tx, &slots, &st).await;
             }
             let ids = twins.ids();

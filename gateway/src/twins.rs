@@ -30,6 +30,8 @@ pub struct Actions {
     pub publish: Vec<(String, String)>,
     /// Writes for mappers: (device id, write).
     pub writes: Vec<(String, WriteRequest)>,
+    /// Device states set by an external mapper (`state/update`).
+    pub states: Vec<(String, &'static str)>,
 }
 
 #[derive(Debug, Clone)]
@@ -413,6 +415,56 @@ impl Twins {
                 }
             }
             "twin/update" => self.on_update(&id, body, result_topic, now_ms),
+            "state/update" => {
+                let upd: payload::DeviceStateUpdate = match serde_json::from_slice(body) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        return self.error(
+                            result_topic,
+                            "",
+                            now_ms,
+                            400,
+                            format!("malformed payload: {e}"),
+                        );
+                    }
+                };
+                let ev = upd.base.event_id.clone();
+                let Some(state) = payload::DEVICE_STATES.iter().find(|s| **s == upd.state) else {
+                    return self.error(
+                        result_topic,
+                        &ev,
+                        now_ms,
+                        400,
+                        format!(
+                            "unknown state {:?} (expected {})",
+                            upd.state,
+                            payload::DEVICE_STATES.join(", ")
+                        ),
+                    );
+                };
+                let Some(dev) = self.devices.get_mut(&id) else {
+                    return self.error(
+                        result_topic,
+                        &ev,
+                        now_ms,
+                        404,
+                        format!("no device {id} on node {}", self.node),
+                    );
+                };
+                dev.state = state;
+                let r = payload::DeviceStateUpdate {
+                    base: BaseMessage {
+                        event_id: ev,
+                        timestamp: now_ms,
+                    },
+                    state: state.to_string(),
+                };
+                Actions {
+                    publish: vec![(result_topic, json(&r))],
+                    states: vec![(id, *state)],
+                    ..Actions::default()
+                }
+            }
             _ => Actions::default(),
         }
     }
@@ -724,6 +776,22 @@ mod tests {
                 .desired
                 .is_none()
         );
+    }
+
+    #[test]
+    fn state_update_from_an_external_mapper() {
+        let (mut t, _) = twins();
+        let topic = "$hw/events/device/rig7/gas-gd101/state/update";
+        let a = t.on_message(topic, br#"{"event_id":"s1","state":"unhealthy"}"#, 1);
+        assert_eq!(a.states, vec![("rig7/gas-gd101".to_string(), "unhealthy")]);
+        assert_eq!(t.state("rig7/gas-gd101"), Some("unhealthy"));
+        let r: serde_json::Value = serde_json::from_str(&a.publish[0].1).unwrap();
+        assert_eq!(
+            (r["event_id"].as_str(), r["state"].as_str()),
+            (Some("s1"), Some("unhealthy"))
+        );
+        let a = t.on_message(topic, br#"{"state":"sleepy"}"#, 1);
+        assert!(a.states.is_empty() && a.publish[0].1.contains("400"));
     }
 
     #[test]
