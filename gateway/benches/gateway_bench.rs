@@ -87,40 +87,9 @@ async fn p4(devices: usize, tags: usize, secs: u64) -> Result<()> {
 }
 
 async fn p7(devices: usize, tags: usize, secs: u64) -> Result<()> {
-    use tokio::io::AsyncBufReadExt;
-    let exe = std::env::current_exe()?;
-    let sim = [
-        exe.with_file_name("sim-bench"),
-        exe.parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.join("sim-bench"))
-            .unwrap_or_default(),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .unwrap_or_default();
-    if !sim.exists() {
-        bail!("sim-bench not found: cargo build --release -p simulators --bins");
-    }
-    let mut child = tokio::process::Command::new(sim)
-        .args([
-            "serve-fleet",
-            "--plcs",
-            &devices.to_string(),
-            "--tags",
-            &tags.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let mut ports = Vec::new();
-    while let Some(l) = lines.next_line().await? {
-        if l == "ready" {
-            break;
-        }
-        ports.push(l.parse::<u16>()?);
-    }
+    let (mut child, ports) = simulators::testkit::serve_fleet(devices, tags)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let rss0 = simulators::testkit::status_kb("self", "VmRSS:").map_err(anyhow::Error::msg)?;
     let dir = temp("p7")?;
     simulators::fleet::write_with_cycle(&dir, devices, tags, 1000, |i| {

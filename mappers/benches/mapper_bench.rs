@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use device_models::protocol::PropertyVisitor;
 use device_models::protocol::modbus::ReadLimits;
 use device_models::{DeviceConfig, DeviceSet};
@@ -80,38 +80,10 @@ fn run_mappers(cfgs: &[DeviceConfig], links: &Links) -> Result<Fleet> {
 }
 
 async fn p1(plcs: usize, secs: u64) -> Result<()> {
-    use tokio::io::AsyncBufReadExt;
     // This bench runs from target/release/deps/; sim-bench is in target/release/.
-    let exe = std::env::current_exe()?;
-    let sim = [
-        exe.with_file_name("sim-bench"),
-        exe.parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.join("sim-bench"))
-            .unwrap_or_default(),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .unwrap_or_default();
-    if !sim.exists() {
-        bail!(
-            "{} not found: cargo build --release -p simulators --bins",
-            sim.display()
-        );
-    }
-    let mut child = tokio::process::Command::new(sim)
-        .args(["serve-fleet", "--plcs", &plcs.to_string(), "--tags", "30"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let mut ports = Vec::new();
-    while let Some(l) = lines.next_line().await? {
-        if l == "ready" {
-            break;
-        }
-        ports.push(l.parse::<u16>()?);
-    }
+    let (mut child, ports) = simulators::testkit::serve_fleet(plcs, 30)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let rss_at_start = proc_kb("self", "VmRSS:")?;
     let dir = std::env::temp_dir().join(format!("mapper-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

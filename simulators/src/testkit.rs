@@ -85,3 +85,50 @@ pub fn status_kb(pid: &str, key: &str) -> Result<u64, String> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("malformed {key}"))
 }
+
+/// Starts `sim-bench serve-fleet` (found next to the running bench binary, in `target/release/`
+/// or its `deps/`) with `plcs` PLCs of `tags` tags; returns the child (killed on drop) and the
+/// port of each PLC.
+pub async fn serve_fleet(
+    plcs: usize,
+    tags: usize,
+) -> Result<(tokio::process::Child, Vec<u16>), String> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let candidates = [
+        exe.with_file_name("sim-bench"),
+        exe.parent()
+            .and_then(Path::parent)
+            .map(|p| p.join("sim-bench"))
+            .unwrap_or_default(),
+    ];
+    let sim = candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .ok_or("sim-bench not found: cargo build --release -p simulators --bins")?;
+    let mut child = tokio::process::Command::new(sim)
+        .args([
+            "serve-fleet",
+            "--plcs",
+            &plcs.to_string(),
+            "--tags",
+            &tags.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("start sim-bench: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    let mut ports = Vec::new();
+    while let Some(l) = lines.next_line().await.map_err(|e| e.to_string())? {
+        if l == "ready" {
+            return Ok((child, ports));
+        }
+        ports.push(
+            l.parse::<u16>()
+                .map_err(|e| format!("sim-bench printed {l:?}: {e}"))?,
+        );
+    }
+    Err("sim-bench exited before it was ready".into())
+}
