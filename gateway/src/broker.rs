@@ -19,6 +19,8 @@ pub struct Embedded {
     pub listen: SocketAddr,
     /// rumqttd's own loopback listener (for the gateway's mappers).
     pub internal: SocketAddr,
+    /// Front door connection counters.
+    pub clients: std::sync::Arc<crate::front::Clients>,
     /// Links by name.
     pub links: HashMap<String, (LinkTx, LinkRx)>,
 }
@@ -193,10 +195,12 @@ pub fn start(cfg: &BrokerConfig, link_names: &[&str]) -> Result<Embedded, Broker
         addr: listen,
         source,
     })?;
-    tokio::spawn(crate::front::serve(front, internal));
+    let clients = std::sync::Arc::new(crate::front::Clients::default());
+    tokio::spawn(crate::front::serve(front, internal, clients.clone()));
     Ok(Embedded {
         listen,
         internal,
+        clients,
         links,
     })
 }

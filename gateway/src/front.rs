@@ -187,14 +187,35 @@ async fn pump(
     let _ = wr.shutdown().await;
 }
 
+/// Connection counters of the front door.
+#[derive(Debug, Default)]
+pub struct Clients {
+    /// Clients connected now.
+    pub connected: std::sync::atomic::AtomicU64,
+    /// Clients accepted since start.
+    pub accepted: std::sync::atomic::AtomicU64,
+}
+
 /// Serves the front door on `listener`, relaying to the broker at `inner`.
-pub async fn serve(listener: TcpListener, inner: SocketAddr) {
+pub async fn serve(listener: TcpListener, inner: SocketAddr, clients: std::sync::Arc<Clients>) {
+    use std::sync::atomic::Ordering;
     loop {
         let Ok((client, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let clients = clients.clone();
+        clients.accepted.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            clients.connected.fetch_add(1, Ordering::Relaxed);
+            // Counted down however the relay ends.
+            struct Leave(std::sync::Arc<Clients>);
+            impl Drop for Leave {
+                fn drop(&mut self) {
+                    self.0.connected.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            let _leave = Leave(clients);
             let Ok(broker) = TcpStream::connect(inner).await else {
                 return;
             };

@@ -24,6 +24,8 @@ pub struct Sources {
     pub states: Arc<Mutex<BTreeMap<String, &'static str>>>,
     /// For the outbox depth.
     pub store: Store,
+    /// Broker client counters.
+    pub clients: Arc<crate::front::Clients>,
 }
 
 fn label(s: &str) -> String {
@@ -69,6 +71,12 @@ pub async fn render(src: &Sources) -> String {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP ballast_broker_clients MQTT clients connected now.\n# TYPE ballast_broker_clients gauge\nballast_broker_clients {}\n# HELP ballast_broker_connections_total MQTT connections accepted.\n# TYPE ballast_broker_connections_total counter\nballast_broker_connections_total {}",
+        g(&src.clients.connected),
+        g(&src.clients.accepted)
+    );
     if let Ok((rows, oldest)) = src.store.outbox_depth().await {
         let _ = writeln!(
             out,

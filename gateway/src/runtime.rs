@@ -108,6 +108,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
     let Embedded {
         listen,
         internal,
+        clients,
         mut links,
     } = broker::start(&cfg.broker, &[LINK])?;
     let (mut link_tx, mut link_rx) = links
@@ -183,6 +184,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
                 mappers: mapper_metrics.clone(),
                 states: states.clone(),
                 store: store.clone(),
+                clients: clients.clone(),
             };
             tokio::spawn(crate::metrics::serve(l, src));
             Some(bound)

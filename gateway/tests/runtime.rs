@@ -96,6 +96,7 @@ async fn metrics_and_healthz() {
         let m = get("/metrics").await;
         assert!(m.contains("# TYPE ballast_readings_total counter"), "{m}");
         assert!(m.contains("ballast_outbox_depth_rows "), "{m}");
+        assert!(m.contains("ballast_broker_clients "), "{m}");
         assert!(
             m.contains("ballast_mapper_errors_link_total{device=\"rig7/wellhead-a07\"}"),
             "{m}"
