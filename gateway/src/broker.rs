@@ -21,6 +21,8 @@ pub struct Embedded {
     pub internal: SocketAddr,
     /// Front door connection counters.
     pub clients: std::sync::Arc<crate::front::Clients>,
+    /// The TLS listener, when configured.
+    pub tls: Option<SocketAddr>,
     /// Links by name.
     pub links: HashMap<String, (LinkTx, LinkRx)>,
 }
@@ -37,6 +39,9 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be used.
+    #[error("broker TLS: {0}")]
+    Tls(String),
     /// rumqttd refused a link.
     #[error("broker link {0}: {1}")]
     Link(String, String),
@@ -197,10 +202,39 @@ pub fn start(cfg: &BrokerConfig, link_names: &[&str]) -> Result<Embedded, Broker
     })?;
     let clients = std::sync::Arc::new(crate::front::Clients::default());
     tokio::spawn(crate::front::serve(front, internal, clients.clone()));
+    let tls = match &cfg.tls {
+        None => None,
+        Some(t) => {
+            let acceptor = crate::front::acceptor(&t.cert, &t.key).map_err(BrokerError::Tls)?;
+            let l =
+                std::net::TcpListener::bind(t.listen).map_err(|source| BrokerError::Listen {
+                    addr: t.listen,
+                    source,
+                })?;
+            let addr = l.local_addr().map_err(|source| BrokerError::Listen {
+                addr: t.listen,
+                source,
+            })?;
+            l.set_nonblocking(true)
+                .map_err(|source| BrokerError::Listen { addr, source })?;
+            let l = tokio::net::TcpListener::from_std(l)
+                .map_err(|source| BrokerError::Listen { addr, source })?;
+            let handshake = std::time::Duration::from_secs(t.handshake_timeout_s.max(1));
+            tokio::spawn(crate::front::serve_tls(
+                l,
+                internal,
+                acceptor,
+                handshake,
+                clients.clone(),
+            ));
+            Some(addr)
+        }
+    };
     Ok(Embedded {
         listen,
         internal,
         clients,
+        tls,
         links,
     })
 }

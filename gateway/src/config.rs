@@ -39,6 +39,27 @@ pub struct BrokerConfig {
     pub max_payload_bytes: usize,
     /// Most client connections.
     pub max_connections: usize,
+    /// An MQTT-over-TLS listener, terminated by the gateway (not by rumqttd).
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS listener settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Where TLS clients connect (conventionally port 8883).
+    pub listen: SocketAddr,
+    /// PEM file with the server certificate chain.
+    pub cert: PathBuf,
+    /// PEM file with the private key.
+    pub key: PathBuf,
+    /// Seconds a client has to finish its handshake (default 10).
+    #[serde(default = "default_handshake_s")]
+    pub handshake_timeout_s: u64,
+}
+
+fn default_handshake_s() -> u64 {
+    10
 }
 
 /// What the outbox keeps, and what happens at its bounds.
@@ -79,6 +100,7 @@ impl Default for BrokerConfig {
             users: Default::default(),
             max_payload_bytes: 1024 * 1024,
             max_connections: 1000,
+            tls: None,
         }
     }
 }
@@ -146,12 +168,22 @@ impl Config {
             path: path.into(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
-        if !cfg.broker.listen.ip().is_loopback() && cfg.broker.users.is_empty() {
+        let open = !cfg.broker.listen.ip().is_loopback()
+            || cfg
+                .broker
+                .tls
+                .as_ref()
+                .is_some_and(|t| !t.listen.ip().is_loopback());
+        if open && cfg.broker.users.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.into(),
                 message: format!(
-                    "broker.listen {} is not loopback: set broker.users (username = \"password\") so that clients must log in",
-                    cfg.broker.listen
+                    "a broker listener ({}) is not loopback: set broker.users (username = \"password\") so that clients must log in",
+                    cfg.broker
+                        .tls
+                        .as_ref()
+                        .filter(|t| !t.listen.ip().is_loopback())
+                        .map_or(cfg.broker.listen, |t| t.listen)
                 ),
             });
         }

@@ -155,12 +155,11 @@ pub fn rewrite(packet: Vec<u8>, map: fn(&str) -> String, filters_too: bool) -> V
 }
 
 /// Relays packets from `rd` to `wr`, renaming with `map`.
-async fn pump(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
-    map: fn(&str) -> String,
-    filters: bool,
-) {
+async fn pump<R, W>(mut rd: R, mut wr: W, map: fn(&str) -> String, filters: bool)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 8192];
     loop {
@@ -185,6 +184,82 @@ async fn pump(
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Relays one client connection (plain or TLS) to the broker at `inner`.
+async fn relay<S>(client: S, inner: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Ok(broker) = TcpStream::connect(inner).await else {
+        return;
+    };
+    let _ = broker.set_nodelay(true);
+    let (crd, cwr) = tokio::io::split(client);
+    let (brd, bwr) = broker.into_split();
+    tokio::join!(pump(crd, bwr, inward, true), pump(brd, cwr, outward, false));
+}
+
+/// Serves MQTT over TLS on `listener`: each handshake runs in its own task with a deadline, so a
+/// client that connects and says nothing blocks nobody (rumqttd's own TLS listener does the
+/// handshake inside its accept loop).
+pub async fn serve_tls(
+    listener: TcpListener,
+    inner: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake: std::time::Duration,
+    clients: std::sync::Arc<Clients>,
+) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let (acceptor, clients) = (acceptor.clone(), clients.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            clients.accepted.fetch_add(1, Ordering::Relaxed);
+            clients.connected.fetch_add(1, Ordering::Relaxed);
+            relay(tls, inner).await;
+            clients.connected.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Loads a certificate chain and key (PEM) into a TLS acceptor.
+pub fn acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // A second crypto provider pulled in by some crate would make the builder panic: pick ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 /// Connection counters of the front door.
@@ -216,14 +291,8 @@ pub async fn serve(listener: TcpListener, inner: SocketAddr, clients: std::sync:
                 }
             }
             let _leave = Leave(clients);
-            let Ok(broker) = TcpStream::connect(inner).await else {
-                return;
-            };
             let _ = client.set_nodelay(true);
-            let _ = broker.set_nodelay(true);
-            let (crd, cwr) = client.into_split();
-            let (brd, bwr) = broker.into_split();
-            tokio::join!(pump(crd, bwr, inward, true), pump(brd, cwr, outward, false));
+            relay(client, inner).await;
         });
     }
 }

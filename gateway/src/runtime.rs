@@ -110,6 +110,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
         internal,
         clients,
         mut links,
+        ..
     } = broker::start(&cfg.broker, &[LINK])?;
     let (mut link_tx, mut link_rx) = links
         .remove(LINK)
