@@ -37,7 +37,8 @@ pub struct BrokerConfig {
     pub users: std::collections::BTreeMap<String, String>,
     /// Largest accepted payload, bytes.
     pub max_payload_bytes: usize,
-    /// Most client connections.
+    /// Most client connections (default 100; rumqttd reserves memory per allowed connection,
+    /// about 6 KB each).
     pub max_connections: usize,
     /// An MQTT-over-TLS listener, terminated by the gateway (not by rumqttd).
     pub tls: Option<TlsConfig>,
@@ -99,7 +100,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             users: Default::default(),
             max_payload_bytes: 1024 * 1024,
-            max_connections: 1000,
+            max_connections: 100,
             tls: None,
         }
     }
