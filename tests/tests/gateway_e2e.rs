@@ -123,12 +123,16 @@ fn subscribe(port: u16, topics: &[&str]) -> (KillOnDrop, mpsc::Receiver<String>)
 }
 
 fn publish(port: u16, topic: &str, payload: &str) {
+    // QoS 1: mosquitto_pub waits for the PUBACK, so the broker has the message before the
+    // client disconnects (a QoS 0 publish followed at once by a disconnect can be dropped).
     let st = Command::new(tool("mosquitto_pub"))
         .args([
             "-h",
             "127.0.0.1",
             "-p",
             &port.to_string(),
+            "-q",
+            "1",
             "-t",
             topic,
             "-m",
