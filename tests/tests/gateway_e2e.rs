@@ -150,9 +150,19 @@ fn wait_for(
     mut f: impl FnMut(&str, &serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let deadline = Instant::now() + limit;
+    let mut seen: Vec<String> = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("expected message never came");
+        let Ok(line) = rx.recv_timeout(left) else {
+            let last: Vec<&str> = seen
+                .iter()
+                .rev()
+                .take(8)
+                .map(|l| &l[..l.len().min(160)])
+                .collect();
+            panic!("expected message never came; last lines seen: {last:#?}");
+        };
+        seen.push(line.clone());
         let Some((topic, body)) = line.split_once(' ') else {
             continue;
         };
