@@ -57,76 +57,6 @@ impl std::fmt::Debug for Embedded {
     }
 }
 
-/// The in-process link used to recognise our own broker.
-const CHECK_LINK: &str = "ballast-check";
-
-/// Whether the broker at `addr` is the one behind `link`: a client there subscribes to a
-/// random topic, the link publishes on it, and the client must receive it.
-fn is_ours(addr: SocketAddr, link: &mut LinkTx) -> bool {
-    use std::io::{Read, Write};
-    let nonce = format!(
-        "_sys/check/{}-{:x}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-    let id = b"ballast-check";
-    let mut connect = vec![
-        0x10,
-        (10 + 2 + id.len()) as u8,
-        0,
-        4,
-        b'M',
-        b'Q',
-        b'T',
-        b'T',
-        4,
-        0x02,
-        0,
-        10,
-    ];
-    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    connect.extend_from_slice(id);
-    let mut ack = [0u8; 4];
-    if s.write_all(&connect).is_err() || s.read_exact(&mut ack).is_err() || ack[0] != 0x20 {
-        return false;
-    }
-    let t = nonce.as_bytes();
-    let mut sub = vec![0x82, (2 + 2 + t.len() + 1) as u8, 0, 1];
-    sub.extend_from_slice(&(t.len() as u16).to_be_bytes());
-    sub.extend_from_slice(t);
-    sub.push(0);
-    let mut suback = [0u8; 5];
-    if s.write_all(&sub).is_err() || s.read_exact(&mut suback).is_err() || suback[0] != 0x90 {
-        return false;
-    }
-    if link.publish(nonce.clone(), "ours").is_err() {
-        return false;
-    }
-    // The first packet after SUBACK is our PUBLISH if the broker is ours; read a little.
-    let mut buf = vec![0u8; 512];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let mut got = Vec::new();
-    while std::time::Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                got.extend_from_slice(&buf[..n]);
-                if got.windows(t.len()).any(|w| w == t) {
-                    let _ = s.write_all(&[0xE0, 0]);
-                    return true;
-                }
-            }
-        }
-    }
-    false
-}
-
 /// Whether rumqttd accepts MQTT at `addr`. Sends a real CONNECT and DISCONNECT: rumqttd logs a
 /// connection that sends nothing as an error.
 fn probe_ready(addr: SocketAddr) -> bool {
@@ -218,63 +148,48 @@ pub fn start(cfg: &BrokerConfig, link_names: &[&str]) -> Result<Embedded, Broker
         addr: cfg.listen,
         source,
     })?;
-    // rumqttd binds inside its own thread and cannot report the port it got, nor whether the
-    // bind worked: find a free loopback port here, hand it over, and then check that the broker
-    // answering there is ours (another process may have taken the port in between; two
-    // gateways starting at once did). A broker that lost the race is abandoned (rumqttd has no
-    // shutdown) and the next attempt uses another port.
-    let mut attempt = 0;
-    let (internal, links) = loop {
-        attempt += 1;
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let probe =
-            std::net::TcpListener::bind(loopback).map_err(|source| BrokerError::Listen {
-                addr: loopback,
-                source,
-            })?;
-        let internal = probe.local_addr().map_err(|source| BrokerError::Listen {
-            addr: loopback,
+    // rumqttd binds inside its own thread and cannot report the port it got: find a free
+    // loopback port here and hand it over.
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let probe = std::net::TcpListener::bind(loopback).map_err(|source| BrokerError::Listen {
+        addr: loopback,
+        source,
+    })?;
+    let internal = probe.local_addr().map_err(|source| BrokerError::Listen {
+        addr: loopback,
+        source,
+    })?;
+    drop(probe);
+    let mut broker = Broker::new(rumqttd_config(cfg, internal));
+    let mut links = HashMap::new();
+    for name in link_names {
+        let link = broker
+            .link(name)
+            .map_err(|e| BrokerError::Link(name.to_string(), e.to_string()))?;
+        links.insert(name.to_string(), link);
+    }
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(|source| BrokerError::Listen {
+            addr: internal,
             source,
         })?;
-        drop(probe);
-        let mut broker = Broker::new(rumqttd_config(cfg, internal));
-        let mut links = HashMap::new();
-        for name in link_names {
-            let link = broker
-                .link(name)
-                .map_err(|e| BrokerError::Link(name.to_string(), e.to_string()))?;
-            links.insert(name.to_string(), link);
-        }
-        let (mut check_tx, _check_rx) = broker
-            .link(CHECK_LINK)
-            .map_err(|e| BrokerError::Link(CHECK_LINK.into(), e.to_string()))?;
-        std::thread::Builder::new()
-            .name("rumqttd".into())
-            .spawn(move || {
-                if let Err(e) = broker.start() {
-                    tracing::error!(error = %e, "embedded broker stopped");
-                }
-            })
-            .map_err(|source| BrokerError::Listen {
-                addr: internal,
-                source,
-            })?;
-        // Wait (bounded) until something accepts MQTT there, then make sure it is ours.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !probe_ready(internal) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        if is_ours(internal, &mut check_tx) {
-            break (internal, links);
-        }
-        tracing::warn!(%internal, attempt, "the broker's private port was taken by someone else; retrying on another");
-        if attempt >= 5 {
+    // Wait (bounded) until rumqttd accepts, so callers can connect at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !probe_ready(internal) {
+        if std::time::Instant::now() > deadline {
             return Err(BrokerError::Listen {
                 addr: internal,
-                source: std::io::Error::other("could not start the broker on a private port"),
+                source: std::io::Error::other("broker did not start listening within 5 s"),
             });
         }
-    };
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     front
         .set_nonblocking(true)
         .map_err(|source| BrokerError::Listen {

@@ -40,6 +40,10 @@ fn tool(name: &str) -> PathBuf {
     simulators::testkit::tool(name).unwrap()
 }
 
+/// One demo at a time: two demos starting together race for ports and ptys, and these tests
+/// are about one gateway, not about two on one host.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Starts the demo; returns it, its broker port, and a channel of its stdout lines.
 fn demo(data_dir: &Path) -> (KillOnDrop, u16) {
     let mut child = Command::new(gateway_bin())
@@ -180,6 +184,9 @@ const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn twin_topics_with_mosquitto_clients() {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let (_gw, port) = demo(dir.path());
     let (_sub, rx) = subscribe(
@@ -254,6 +261,9 @@ fn twin_topics_with_mosquitto_clients() {
 
 #[test]
 fn kill_9_loses_no_acknowledged_sample() {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let (mut gw, port) = demo(dir.path());
     let (_sub, rx) = subscribe(port, &["$ke/events/device/+/+/data/update"]);
