@@ -179,6 +179,50 @@ fn wait_for(
     }
 }
 
+/// Like `wait_for`, but `None` on timeout.
+fn try_wait_for(
+    rx: &mpsc::Receiver<String>,
+    limit: Duration,
+    mut f: impl FnMut(&str, &serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()?;
+        let Some((topic, body)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+            continue;
+        };
+        if f(topic, &v) {
+            return Some(v);
+        }
+    }
+}
+
+/// Publishes a request and waits for its answer, publishing again (up to 10 times, 3 s apart)
+/// when none comes. KNOWN ISSUE (docs/GATEWAY.md): now and then a request that the broker has
+/// acknowledged (QoS 1) is not routed at all, not even to this test's own `twin/#`
+/// subscription; the cause is not found yet. The retry keeps this test about the gateway's
+/// answers; the note on issue 5 tracks the loss.
+fn request(
+    port: u16,
+    rx: &mpsc::Receiver<String>,
+    topic: &str,
+    payload: &str,
+    mut f: impl FnMut(&str, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..10 {
+        publish(port, topic, payload);
+        if let Some(v) = try_wait_for(rx, Duration::from_secs(3), &mut f) {
+            return v;
+        }
+    }
+    panic!("no answer to {topic} after 10 tries");
+}
+
 const PUMP: &str = "$hw/events/device/rig7/pump-p201";
 const T: Duration = Duration::from_secs(30);
 
@@ -201,14 +245,13 @@ fn twin_topics_with_mosquitto_clients() {
         t.ends_with("/data/update") && v["data"].is_object()
     });
     // Set a desired value: result, document and delta.
-    publish(
+    let r = request(
         port,
+        &rx,
         &format!("{PUMP}/twin/update"),
         r#"{"event_id":"e2e-1","timestamp":0,"twin":{"speed-setpoint":{"expected":{"value":"1800"}}}}"#,
+        |t, v| t.ends_with("/twin/update/result") && v["event_id"] == "e2e-1",
     );
-    let r = wait_for(&rx, T, |t, v| {
-        t.ends_with("/twin/update/result") && v["event_id"] == "e2e-1"
-    });
     assert_eq!(r["twin"]["speed-setpoint"]["expected"]["value"], "1800");
     let d = wait_for(&rx, T, |t, v| {
         t.ends_with("/twin/update/delta") && v["event_id"] == "e2e-1"
@@ -217,14 +260,13 @@ fn twin_topics_with_mosquitto_clients() {
     // The mapper writes it and the next reading closes the loop: twin/get shows it reported.
     let deadline = Instant::now() + T;
     loop {
-        publish(
+        let g = request(
             port,
+            &rx,
             &format!("{PUMP}/twin/get"),
             r#"{"event_id":"e2e-get"}"#,
+            |t, v| t.ends_with("/twin/get/result") && v["event_id"] == "e2e-get",
         );
-        let g = wait_for(&rx, T, |t, v| {
-            t.ends_with("/twin/get/result") && v["event_id"] == "e2e-get"
-        });
         if g["twin"]["speed-setpoint"]["actual"]["value"] == "1800" {
             break;
         }
@@ -235,27 +277,30 @@ fn twin_topics_with_mosquitto_clients() {
         std::thread::sleep(Duration::from_millis(300));
     }
     // Bad requests get an error result and change nothing.
-    publish(port, &format!("{PUMP}/twin/update"), "{not json");
-    let e = wait_for(&rx, T, |t, v| {
-        t.ends_with("/twin/update/result") && v["code"] == 400
-    });
-    assert!(e["reason"].as_str().unwrap().contains("malformed"));
-    publish(
+    let e = request(
         port,
+        &rx,
+        &format!("{PUMP}/twin/update"),
+        "{not json",
+        |t, v| t.ends_with("/twin/update/result") && v["code"] == 400,
+    );
+    assert!(e["reason"].as_str().unwrap().contains("malformed"));
+    let e = request(
+        port,
+        &rx,
         &format!("{PUMP}/twin/update"),
         r#"{"event_id":"e2e-ro","twin":{"speed":{"expected":{"value":"1"}}}}"#,
+        |t, v| t.ends_with("/twin/update/result") && v["event_id"] == "e2e-ro",
     );
-    let e = wait_for(&rx, T, |t, v| {
-        t.ends_with("/twin/update/result") && v["event_id"] == "e2e-ro"
-    });
     assert_eq!(e["code"], 409);
     let (_sub2, rx2) = subscribe(port, &["$hw/events/device/rig7/nope/twin/get/result"]);
-    publish(
+    let e = request(
         port,
+        &rx2,
         "$hw/events/device/rig7/nope/twin/get",
         r#"{"event_id":"e2e-404"}"#,
+        |_, v| v["event_id"] == "e2e-404",
     );
-    let e = wait_for(&rx2, T, |_, v| v["event_id"] == "e2e-404");
     assert_eq!(e["code"], 404);
 }
 
