@@ -40,8 +40,8 @@ fn tool(name: &str) -> PathBuf {
     simulators::testkit::tool(name).unwrap()
 }
 
-/// One demo at a time: two demos starting together race for ports and ptys, and these tests
-/// are about one gateway, not about two on one host.
+/// One demo at a time: these tests are about one gateway, and two demos at once only add load
+/// and noise to the timing of what they check.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Starts the demo; returns it, its broker port, and a channel of its stdout lines.
