@@ -48,6 +48,24 @@ pub struct Reading {
     pub quality: Quality,
 }
 
+impl Reading {
+    /// A value just read from the device.
+    pub fn good(
+        device: &Arc<str>,
+        property: &Arc<str>,
+        value: Value,
+        timestamp_ms: i64,
+    ) -> Reading {
+        Reading {
+            device: device.clone(),
+            property: property.clone(),
+            value,
+            timestamp_ms,
+            quality: Quality::Good,
+        }
+    }
+}
+
 /// Device health, in KubeEdge's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {

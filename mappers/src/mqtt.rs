@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::metrics::ErrorKind;
 use crate::readback::ReadBacks;
 use crate::{
-    BuildError, Event, Health, MapperIo, MapperOptions, Metrics, Quality, Reading, WriteOutcome,
+    BuildError, Event, Health, MapperIo, MapperOptions, Metrics, Reading, WriteOutcome,
     WriteRequest, backoff, jitter, now_ms,
 };
 
@@ -270,13 +270,7 @@ impl MqttMapper {
                 continue;
             };
             match json_value(p, j) {
-                Some(value) => readings.push(Reading {
-                    device: self.id.clone(),
-                    property: p.name.clone(),
-                    value,
-                    timestamp_ms: ts,
-                    quality: Quality::Good,
-                }),
+                Some(value) => readings.push(Reading::good(&self.id, &p.name, value, ts)),
                 None => {
                     self.metrics.error(ErrorKind::Decode);
                     tracing::warn!(device = %self.id, topic, property = %p.name, "value does not fit the property type");

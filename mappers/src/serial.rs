@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::metrics::ErrorKind;
 use crate::readback::ReadBacks;
 use crate::{
-    BuildError, Event, Health, MapperIo, MapperOptions, Metrics, Quality, Reading, WriteOutcome,
+    BuildError, Event, Health, MapperIo, MapperOptions, Metrics, Reading, WriteOutcome,
     WriteRequest, backoff, jitter, now_ms,
 };
 
@@ -337,13 +337,7 @@ impl SerialMapper {
                 continue;
             };
             match field_value(p, t) {
-                Some(value) => readings.push(Reading {
-                    device: self.id.clone(),
-                    property: p.name.clone(),
-                    value,
-                    timestamp_ms: ts,
-                    quality: Quality::Good,
-                }),
+                Some(value) => readings.push(Reading::good(&self.id, &p.name, value, ts)),
                 None => self.metrics.error(ErrorKind::Decode),
             }
         }

@@ -23,8 +23,7 @@ use self::link::{Data, LinkError, LinkHandle, LinkOptions, Op};
 use self::planner::{PlanInput, Read};
 use crate::metrics::ErrorKind;
 use crate::{
-    BuildError, Event, Health, MapperIo, Metrics, Quality, Reading, WriteOutcome, WriteRequest,
-    now_ms,
+    BuildError, Event, Health, MapperIo, Metrics, Reading, WriteOutcome, WriteRequest, now_ms,
 };
 
 /// The links of a gateway, one per endpoint (TCP host:port or serial port), shared by the
@@ -318,13 +317,9 @@ impl ModbusMapper {
                     for m in &r.members {
                         let p = &self.props[m.index];
                         match self.decode(p, &data, m.offset) {
-                            Some(value) => readings.push(Reading {
-                                device: self.id.clone(),
-                                property: p.name.clone(),
-                                value,
-                                timestamp_ms: ts,
-                                quality: Quality::Good,
-                            }),
+                            Some(value) => {
+                                readings.push(Reading::good(&self.id, &p.name, value, ts))
+                            }
                             None => {
                                 self.metrics.error(ErrorKind::Decode);
                                 refused += 1;
