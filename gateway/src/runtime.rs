@@ -161,7 +161,18 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
     // MQTT requests: rumqttd's link is read on its own task and fed to the owner.
     let (req_tx, mut req_rx) = mpsc::channel::<(String, Vec<u8>)>(1024);
     tokio::spawn(async move {
-        while let Ok(Some(n)) = link_rx.next().await {
+        loop {
+            // `Ok(None)` is not the end: rumqttd wakes the link once per batch, and a wake whose
+            // batch an earlier read already took yields nothing. Stopping there (as this loop
+            // once did) left the gateway deaf to every later request.
+            let n = match link_rx.next().await {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "broker link closed: MQTT requests are no longer read");
+                    return;
+                }
+            };
             if let Notification::Forward(f) = n {
                 let topic = crate::front::outward(&String::from_utf8_lossy(&f.publish.topic));
                 if req_tx

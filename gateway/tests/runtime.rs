@@ -224,3 +224,84 @@ async fn reload_restarts_only_what_changed() {
     assert_eq!(gw.stats.mapper_starts.load(Ordering::Relaxed), 3);
     let _ = gw.shutdown.send(true);
 }
+
+/// Requests in bursts from several clients at once: every one is answered. (rumqttd's link
+/// sometimes wakes with an empty batch; the gateway once took that for the end of the link and
+/// stopped answering anything, which showed as "lost" requests in the end-to-end test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_of_a_burst_is_answered() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        node_name: "rig7-edge".into(),
+        ..Config::default()
+    };
+    cfg.broker.listen = "127.0.0.1:0".parse().unwrap();
+    let gw = gateway::runtime::start(&cfg, platform().devices)
+        .await
+        .unwrap();
+    let port = gw.broker.port();
+    let client = |id: &str| {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_inflight(100);
+        AsyncClient::new(o, 1000)
+    };
+    let (sub, mut sub_loop) = client("burst-watch");
+    sub.subscribe("$hw/events/device/+/+/twin/get/result", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // Wait for the SUBACK before anything is published.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), sub_loop.poll())
+            .await
+            .expect("no SUBACK")
+            .unwrap();
+        if matches!(ev, Event::Incoming(Packet::SubAck(_))) {
+            break;
+        }
+    }
+    const CLIENTS: usize = 4;
+    const PER_BURST: usize = 50;
+    const BURSTS: usize = 12;
+    let mut pubs = Vec::new();
+    for c in 0..CLIENTS {
+        let (p, mut el) = client(&format!("burst-{c}"));
+        tokio::spawn(async move { while el.poll().await.is_ok() {} });
+        pubs.push(p);
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    for burst in 0..BURSTS {
+        for (c, p) in pubs.iter().enumerate() {
+            for i in 0..PER_BURST {
+                let id = format!("b{burst}-c{c}-{i}");
+                p.publish(
+                    "$hw/events/device/rig7/pump-p201/twin/get",
+                    QoS::AtLeastOnce,
+                    false,
+                    format!(r#"{{"event_id":"{id}"}}"#),
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let want = (burst + 1) * CLIENTS * PER_BURST;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while answered.len() < want {
+            let Ok(ev) = tokio::time::timeout_at(deadline.into(), sub_loop.poll()).await else {
+                panic!(
+                    "burst {burst}: {} of {want} requests answered",
+                    answered.len()
+                );
+            };
+            if let Event::Incoming(Packet::Publish(p)) = ev.unwrap() {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                answered.insert(v["event_id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(answered.len(), CLIENTS * PER_BURST * BURSTS);
+    let _ = gw.shutdown.send(true);
+}
