@@ -14,6 +14,7 @@ use device_models::Value;
 use gateway::config::Config;
 use mappers::{Quality, Reading};
 
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

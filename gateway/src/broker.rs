@@ -205,7 +205,8 @@ pub fn start(cfg: &BrokerConfig, link_names: &[&str]) -> Result<Embedded, Broker
     let tls = match &cfg.tls {
         None => None,
         Some(t) => {
-            let acceptor = crate::front::acceptor(&t.cert, &t.key).map_err(BrokerError::Tls)?;
+            let acceptor = crate::front::acceptor(&t.cert, &t.key, t.client_ca.as_deref())
+                .map_err(BrokerError::Tls)?;
             let l =
                 std::net::TcpListener::bind(t.listen).map_err(|source| BrokerError::Listen {
                     addr: t.listen,

@@ -57,6 +57,11 @@ pub struct TlsConfig {
     /// Seconds a client has to finish its handshake (default 10).
     #[serde(default = "default_handshake_s")]
     pub handshake_timeout_s: u64,
+    /// PEM file with the CA certificate(s) that sign client certificates. When set, every TLS
+    /// client must present a certificate chained to one of them (mutual TLS); a client without
+    /// one, or with one from another CA, fails the handshake. Unset: no client certificates.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 fn default_handshake_s() -> u64 {
@@ -169,22 +174,25 @@ impl Config {
             path: path.into(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
-        let open = !cfg.broker.listen.ip().is_loopback()
-            || cfg
-                .broker
-                .tls
-                .as_ref()
-                .is_some_and(|t| !t.listen.ip().is_loopback());
-        if open && cfg.broker.users.is_empty() {
+        // A client on a non-loopback listener must prove who it is: a password, or on the TLS
+        // listener a client certificate (broker.tls.client_ca).
+        let open_plain = !cfg.broker.listen.ip().is_loopback();
+        let open_tls = cfg
+            .broker
+            .tls
+            .as_ref()
+            .filter(|t| !t.listen.ip().is_loopback() && t.client_ca.is_none())
+            .map(|t| t.listen);
+        if cfg.broker.users.is_empty() && (open_plain || open_tls.is_some()) {
+            let addr = if open_plain {
+                cfg.broker.listen
+            } else {
+                open_tls.unwrap_or(cfg.broker.listen)
+            };
             return Err(ConfigError::Invalid {
                 path: path.into(),
                 message: format!(
-                    "a broker listener ({}) is not loopback: set broker.users (username = \"password\") so that clients must log in",
-                    cfg.broker
-                        .tls
-                        .as_ref()
-                        .filter(|t| !t.listen.ip().is_loopback())
-                        .map_or(cfg.broker.listen, |t| t.listen)
+                    "a broker listener ({addr}) is not loopback: set broker.users (username = \"password\") so that clients must log in, or on the TLS listener broker.tls.client_ca so that they must present a certificate"
                 ),
             });
         }
@@ -245,5 +253,21 @@ mod tests {
             "[broker]\nlisten = \"0.0.0.0:1883\"\nusers = { app = \"s3cret\" }\n",
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn open_tls_listener_needs_users_or_client_certificates() {
+        let tls = "[broker.tls]\nlisten = \"0.0.0.0:8883\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+        let err = Config::parse(Path::new("g.toml"), tls).unwrap_err();
+        assert!(err.to_string().contains("0.0.0.0:8883"), "{err}");
+        assert!(err.to_string().contains("client_ca"), "{err}");
+        let mtls = format!("{tls}client_ca = \"ca.pem\"\n");
+        let cfg = Config::parse(Path::new("g.toml"), &mtls).unwrap();
+        let t = cfg.broker.tls.unwrap();
+        assert_eq!(t.client_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(t.handshake_timeout_s, 10);
+        // Client certificates do not open the plain listener.
+        let both = format!("[broker]\nlisten = \"0.0.0.0:1883\"\n{mtls}");
+        assert!(Config::parse(Path::new("g.toml"), &both).is_err());
     }
 }

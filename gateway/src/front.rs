@@ -222,10 +222,12 @@ pub async fn serve_tls(
             let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    clients.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    clients.tls_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%peer, "TLS handshake timed out");
                     return;
                 }
@@ -238,25 +240,47 @@ pub async fn serve_tls(
     }
 }
 
-/// Loads a certificate chain and key (PEM) into a TLS acceptor.
+/// Loads a certificate chain and key (PEM) into a TLS acceptor; with `client_ca`, clients must
+/// present a certificate signed by one of the CAs in that file.
 pub fn acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
 ) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     // A second crypto provider pulled in by some crate would make the builder panic: pick ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in it", cert.display()));
-    }
+    let pem_certs = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate in it", path.display()));
+        }
+        Ok(certs)
+    };
+    let certs = pem_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in pem_certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key: {e}"))?;
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
@@ -269,6 +293,9 @@ pub struct Clients {
     pub connected: std::sync::atomic::AtomicU64,
     /// Clients accepted since start.
     pub accepted: std::sync::atomic::AtomicU64,
+    /// TLS handshakes that failed or timed out (bad or missing client certificate, wrong CA,
+    /// a client that never finished).
+    pub tls_failures: std::sync::atomic::AtomicU64,
 }
 
 /// Serves the front door on `listener`, relaying to the broker at `inner`.

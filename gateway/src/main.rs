@@ -14,6 +14,7 @@ use gateway::{check, config, demo, runtime, twin_cli};
 
 // glibc's malloc keeps the heap the YAML loader used at its peak (about 100 MB for 500 device
 // definitions) for the life of the process; mimalloc gives it back (docs/BENCHMARKS.md).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

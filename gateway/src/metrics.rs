@@ -73,9 +73,10 @@ pub async fn render(src: &Sources) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP ballast_broker_clients MQTT clients connected now.\n# TYPE ballast_broker_clients gauge\nballast_broker_clients {}\n# HELP ballast_broker_connections_total MQTT connections accepted.\n# TYPE ballast_broker_connections_total counter\nballast_broker_connections_total {}",
+        "# HELP ballast_broker_clients MQTT clients connected now.\n# TYPE ballast_broker_clients gauge\nballast_broker_clients {}\n# HELP ballast_broker_connections_total MQTT connections accepted.\n# TYPE ballast_broker_connections_total counter\nballast_broker_connections_total {}\n# HELP ballast_broker_tls_handshake_failures_total TLS handshakes that failed or timed out.\n# TYPE ballast_broker_tls_handshake_failures_total counter\nballast_broker_tls_handshake_failures_total {}",
         g(&src.clients.connected),
-        g(&src.clients.accepted)
+        g(&src.clients.accepted),
+        g(&src.clients.tls_failures)
     );
     if let Ok((rows, oldest)) = src.store.outbox_depth().await {
         let _ = writeln!(

@@ -24,6 +24,7 @@ async fn mqtt_over_tls_with_a_silent_client_present() {
             cert: cert.clone(),
             key,
             handshake_timeout_s: 2,
+            client_ca: None,
         }),
         ..BrokerConfig::default()
     };
@@ -97,6 +98,7 @@ fn a_missing_certificate_is_a_clear_error() {
             cert: "/nonexistent/cert.pem".into(),
             key: "/nonexistent/key.pem".into(),
             handshake_timeout_s: 10,
+            client_ca: None,
         }),
         ..BrokerConfig::default()
     };
@@ -104,4 +106,134 @@ fn a_missing_certificate_is_a_clear_error() {
         .block_on(async { gateway::broker::start(&cfg, &[]).map(|_| ()) })
         .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+}
+
+/// A CA, and a certificate it signs for `name` (server: SANs; client: the common name).
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.path().join(f).to_str().unwrap().to_string()
+    }
+
+    /// Writes `{prefix}-ca.pem` and returns the issuer.
+    fn ca(&self, prefix: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{prefix} CA"));
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(self.path(&format!("{prefix}-ca.pem")), cert.pem()).unwrap();
+        rcgen::Issuer::new(params, key)
+    }
+
+    /// Writes `{name}.pem` and `{name}.key`, signed by `issuer`.
+    fn leaf(&self, name: &str, sans: &[&str], issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, issuer).unwrap();
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// With `client_ca`, only clients with a certificate from that CA get in: mosquitto_pub with
+/// one publishes (QoS 1, so the broker acknowledged it); without one, or with one from another
+/// CA, the handshake fails and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_when_a_client_ca_is_set() {
+    let pki = Pki::new();
+    let site = pki.ca("site");
+    pki.leaf("server", &["localhost", "127.0.0.1"], &site);
+    pki.leaf("rig7-app", &[], &site);
+    let rogue = pki.ca("rogue");
+    pki.leaf("intruder", &[], &rogue);
+    let cfg = BrokerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: pki.path("server.pem").into(),
+            key: pki.path("server.key").into(),
+            handshake_timeout_s: 5,
+            client_ca: Some(pki.path("site-ca.pem").into()),
+        }),
+        ..BrokerConfig::default()
+    };
+    let emb = gateway::broker::start(&cfg, &[]).unwrap();
+    let port = emb.tls.unwrap().port().to_string();
+    let ca = pki.path("site-ca.pem");
+    let publish = |cert: Option<&str>| {
+        let mut cmd = Command::new(simulators::testkit::tool("mosquitto_pub").unwrap());
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--cafile",
+            &ca,
+            "-q",
+            "1",
+            "-t",
+            "$hw/events/device/rig7/x/twin/update",
+            "-m",
+            "mtls",
+        ]);
+        if let Some(name) = cert {
+            cmd.args(["--cert", &pki.path(&format!("{name}.pem"))]);
+            cmd.args(["--key", &pki.path(&format!("{name}.key"))]);
+        }
+        cmd.stderr(Stdio::null()).status().unwrap().success()
+    };
+    assert!(
+        publish(Some("rig7-app")),
+        "a client with a site certificate was refused"
+    );
+    assert!(!publish(None), "a client without a certificate got in");
+    assert!(
+        !publish(Some("intruder")),
+        "a client with another CA's certificate got in"
+    );
+    assert!(
+        emb.clients
+            .tls_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    assert_eq!(
+        emb.clients
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn a_bad_client_ca_file_is_a_clear_error() {
+    let pki = Pki::new();
+    let site = pki.ca("site");
+    pki.leaf("server", &["localhost"], &site);
+    std::fs::write(pki.path("empty.pem"), "").unwrap();
+    let err = gateway::front::acceptor(
+        pki.path("server.pem").as_ref(),
+        pki.path("server.key").as_ref(),
+        Some(pki.path("empty.pem").as_ref()),
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(err.contains("empty.pem: no certificate in it"), "{err}");
 }

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 // mimalloc gives freed memory back to the system; glibc's malloc keeps what the YAML loader
 // used at its peak, which would hide the mappers' own footprint (see docs/BENCHMARKS.md).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
