@@ -37,32 +37,69 @@ impl From<serde_saphyr::Location> for Pos {
 }
 
 /// Where the parts of one document are: the position of each value and of each map key.
+///
+/// Built on first use, not at load: positions are only needed for diagnostics, and a table of
+/// every field path of every device is most of what loading a site costs in memory (about
+/// 40 KB per 30-property device). Until then it holds the file's text, shared by its documents;
+/// the first lookup parses the file again and indexes all its documents at once.
 #[derive(Debug, Clone, Default)]
 pub struct PositionIndex {
+    file: Option<std::sync::Arc<FileIndex>>,
+    doc: usize,
+}
+
+#[derive(Debug)]
+struct FileIndex {
+    text: std::sync::Arc<str>,
+    tables: std::sync::OnceLock<Vec<Table>>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
     values: HashMap<String, Pos>,
     keys: HashMap<String, Pos>,
 }
 
 impl PositionIndex {
+    fn table(&self) -> Option<&Table> {
+        let file = self.file.as_ref()?;
+        file.tables
+            .get_or_init(|| match parse_roots(&file.text) {
+                Ok(roots) => roots
+                    .into_iter()
+                    .map(|root| {
+                        let mut t = Table::default();
+                        index(root, String::new(), &mut t);
+                        t
+                    })
+                    .collect(),
+                // It parsed the first time; the text has not changed since.
+                Err(_) => Vec::new(),
+            })
+            .get(self.doc)
+    }
+
     /// The position of the value at `path`, or of its nearest ancestor that has one.
     pub fn value(&self, path: &str) -> Pos {
+        let Some(t) = self.table() else {
+            return Pos::default();
+        };
         let mut p = path;
         loop {
-            if let Some(pos) = self.values.get(p) {
+            if let Some(pos) = t.values.get(p) {
                 return *pos;
             }
             match parent(p) {
                 Some(up) => p = up,
-                None => return self.values.get("").copied().unwrap_or_default(),
+                None => return t.values.get("").copied().unwrap_or_default(),
             }
         }
     }
 
     /// The position of the key that names `path` (falls back to the value's position).
     pub fn key(&self, path: &str) -> Pos {
-        self.keys
-            .get(path)
-            .copied()
+        self.table()
+            .and_then(|t| t.keys.get(path).copied())
             .unwrap_or_else(|| self.value(path))
     }
 }
@@ -126,6 +163,26 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
             ),
         });
     }
+    let roots = parse_roots(text)?;
+    let file = std::sync::Arc::new(FileIndex {
+        text: text.into(),
+        tables: std::sync::OnceLock::new(),
+    });
+    Ok(roots
+        .into_iter()
+        .enumerate()
+        .map(|(doc, root)| Document {
+            value: to_value(root),
+            positions: PositionIndex {
+                file: Some(file.clone()),
+                doc,
+            },
+        })
+        .collect())
+}
+
+/// Parses the documents of a text into trees with positions.
+fn parse_roots(text: &str) -> Result<Vec<Spanned<Node>>, SyntaxError> {
     // YAML 1.2 core booleans only: `n`, `y`, `on`, `off` (a parity of `N`, a key `y`) stay text.
     // Budgets sized for the largest file accepted (MAX_FILE_BYTES): a site file with
     // thousands of devices is normal; alias expansion keeps its default limits (alias bombs).
@@ -137,31 +194,22 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
             max_documents: 100_000,
         },
     };
-    let roots: Vec<Spanned<Node>> = serde_saphyr::from_multiple_with_options(text, options)
-        .map_err(|e| {
-            let pos = e.location().map(Pos::from).unwrap_or_default();
-            let rendered = e.without_snippet().to_string();
-            let message = rendered
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
-            SyntaxError { pos, message }
-        })?;
-    Ok(roots
-        .into_iter()
-        .map(|root| {
-            let mut positions = PositionIndex::default();
-            let value = flatten(root, String::new(), &mut positions);
-            Document { value, positions }
-        })
-        .collect())
+    serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+        let pos = e.location().map(Pos::from).unwrap_or_default();
+        let rendered = e.without_snippet().to_string();
+        let message = rendered
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        SyntaxError { pos, message }
+    })
 }
 
-fn flatten(node: Spanned<Node>, path: String, idx: &mut PositionIndex) -> serde_json::Value {
+/// The value of a tree, positions dropped.
+fn to_value(node: Spanned<Node>) -> serde_json::Value {
     use serde_json::Value;
-    idx.values.insert(path.clone(), node.referenced.into());
     match node.value {
         Node::Null => Value::Null,
         Node::Bool(b) => Value::Bool(b),
@@ -172,24 +220,35 @@ fn flatten(node: Spanned<Node>, path: String, idx: &mut PositionIndex) -> serde_
             // NaN and infinities have no JSON form; keep them as their YAML spelling.
             .unwrap_or_else(|| Value::String(f.to_string())),
         Node::Str(s) => Value::String(s),
-        Node::Seq(items) => Value::Array(
-            items
+        Node::Seq(items) => Value::Array(items.into_iter().map(to_value).collect()),
+        Node::Map(entries) => Value::Object(
+            entries
                 .into_iter()
-                .enumerate()
-                .map(|(i, item)| flatten(item, join_index(&path, i), idx))
+                .map(|(key, value)| (key.value, to_value(value)))
                 .collect(),
         ),
+    }
+}
+
+/// Records the position of every value and key of a tree under its path.
+fn index(node: Spanned<Node>, path: String, t: &mut Table) {
+    let at = node.referenced.into();
+    match node.value {
+        Node::Seq(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                index(item, join_index(&path, i), t);
+            }
+        }
         Node::Map(entries) => {
-            let mut map = serde_json::Map::new();
             for (key, value) in entries {
                 let child = join_key(&path, &key.value);
-                idx.keys.insert(child.clone(), key.referenced.into());
-                let v = flatten(value, child, idx);
-                map.insert(key.value, v);
+                t.keys.insert(child.clone(), key.referenced.into());
+                index(value, child, t);
             }
-            Value::Object(map)
         }
+        _ => {}
     }
+    t.values.insert(path, at);
 }
 
 /// A YAML node whose children carry positions.
