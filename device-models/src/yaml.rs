@@ -163,16 +163,17 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
             ),
         });
     }
-    let roots = parse_roots(text)?;
+    let values: Vec<Plain> =
+        serde_saphyr::from_multiple_with_options(text, options()).map_err(syntax_error)?;
     let file = std::sync::Arc::new(FileIndex {
         text: text.into(),
         tables: std::sync::OnceLock::new(),
     });
-    Ok(roots
+    Ok(values
         .into_iter()
         .enumerate()
-        .map(|(doc, root)| Document {
-            value: to_value(root),
+        .map(|(doc, Plain(value))| Document {
+            value,
             positions: PositionIndex {
                 file: Some(file.clone()),
                 doc,
@@ -181,52 +182,116 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
         .collect())
 }
 
-/// Parses the documents of a text into trees with positions.
-fn parse_roots(text: &str) -> Result<Vec<Spanned<Node>>, SyntaxError> {
-    // YAML 1.2 core booleans only: `n`, `y`, `on`, `off` (a parity of `N`, a key `y`) stay text.
-    // Budgets sized for the largest file accepted (MAX_FILE_BYTES): a site file with
-    // thousands of devices is normal; alias expansion keeps its default limits (alias bombs).
-    let options = serde_saphyr::options! {
+/// Parser options: YAML 1.2 core booleans only (`n`, `y`, `on`, `off`, a parity of `N`, a key
+/// `y` stay text). Budgets sized for the largest file accepted (MAX_FILE_BYTES): a site file
+/// with thousands of devices is normal; alias expansion keeps its default limits (alias bombs).
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
         strict_booleans: true,
         budget: serde_saphyr::budget! {
             max_nodes: 8_000_000,
             max_events: 32_000_000,
             max_documents: 100_000,
         },
-    };
-    serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
-        let pos = e.location().map(Pos::from).unwrap_or_default();
-        let rendered = e.without_snippet().to_string();
-        let message = rendered
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        SyntaxError { pos, message }
-    })
+    }
 }
 
-/// The value of a tree, positions dropped.
-fn to_value(node: Spanned<Node>) -> serde_json::Value {
-    use serde_json::Value;
-    match node.value {
-        Node::Null => Value::Null,
-        Node::Bool(b) => Value::Bool(b),
-        Node::Int(i) => Value::from(i),
-        Node::UInt(u) => Value::from(u),
-        Node::Float(f) => serde_json::Number::from_f64(f)
-            .map(Value::Number)
-            // NaN and infinities have no JSON form; keep them as their YAML spelling.
-            .unwrap_or_else(|| Value::String(f.to_string())),
-        Node::Str(s) => Value::String(s),
-        Node::Seq(items) => Value::Array(items.into_iter().map(to_value).collect()),
-        Node::Map(entries) => Value::Object(
-            entries
-                .into_iter()
-                .map(|(key, value)| (key.value, to_value(value)))
-                .collect(),
-        ),
+fn syntax_error(e: serde_saphyr::Error) -> SyntaxError {
+    let pos = e.location().map(Pos::from).unwrap_or_default();
+    let rendered = e.without_snippet().to_string();
+    let message = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    SyntaxError { pos, message }
+}
+
+/// Parses the documents of a text into trees with positions (for the position index only:
+/// loading reads values straight into JSON, without the positions).
+fn parse_roots(text: &str) -> Result<Vec<Spanned<Node>>, SyntaxError> {
+    serde_saphyr::from_multiple_with_options(text, options()).map_err(syntax_error)
+}
+
+/// A YAML value read straight into JSON, with the same scalar rules as [`Node`] (map keys as
+/// text, integers too large for 64 bits and NaN/infinities as their spelling).
+struct Plain(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Plain {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde_json::Value;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Plain;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Plain, E> {
+                Ok(Plain(Value::Null))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Plain, E> {
+                Ok(Plain(Value::Null))
+            }
+            fn visit_some<D2: de::Deserializer<'de>>(self, d: D2) -> Result<Plain, D2::Error> {
+                Plain::deserialize(d)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Plain, E> {
+                Ok(Plain(Value::Bool(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Plain, E> {
+                Ok(Plain(Value::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Plain, E> {
+                Ok(Plain(Value::from(v)))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Plain, E> {
+                Ok(Plain(i64::try_from(v).map_or_else(
+                    |_| Value::String(v.to_string()),
+                    Value::from,
+                )))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Plain, E> {
+                Ok(Plain(u64::try_from(v).map_or_else(
+                    |_| Value::String(v.to_string()),
+                    Value::from,
+                )))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Plain, E> {
+                // NaN and infinities have no JSON form; keep them as their YAML spelling.
+                Ok(Plain(serde_json::Number::from_f64(v).map_or_else(
+                    || Value::String(v.to_string()),
+                    Value::Number,
+                )))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Plain, E> {
+                Ok(Plain(Value::String(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Plain, E> {
+                Ok(Plain(Value::String(v)))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Plain, E> {
+                Ok(Plain(Value::String(
+                    String::from_utf8_lossy(v).into_owned(),
+                )))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Plain, A::Error> {
+                let mut items = Vec::new();
+                while let Some(Plain(item)) = seq.next_element::<Plain>()? {
+                    items.push(item);
+                }
+                Ok(Plain(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Plain, A::Error> {
+                let mut entries = serde_json::Map::new();
+                while let Some(KeyText(key)) = map.next_key::<KeyText>()? {
+                    let Plain(value) = map.next_value::<Plain>()?;
+                    entries.insert(key, value);
+                }
+                Ok(Plain(Value::Object(entries)))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -246,20 +311,16 @@ fn index(node: Spanned<Node>, path: String, t: &mut Table) {
                 index(value, child, t);
             }
         }
-        _ => {}
+        Node::Scalar => {}
     }
     t.values.insert(path, at);
 }
 
-/// A YAML node whose children carry positions.
+/// A YAML node whose children carry positions (what the position index walks; the values
+/// themselves are read by [`Plain`]).
 #[derive(Debug)]
 enum Node {
-    Null,
-    Bool(bool),
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-    Str(String),
+    Scalar,
     Seq(Vec<Spanned<Node>>),
     Map(Vec<(Spanned<String>, Spanned<Node>)>),
 }
@@ -310,44 +371,37 @@ impl<'de> Deserialize<'de> for Node {
                 f.write_str("any YAML value")
             }
             fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
-                Ok(Node::Null)
+                Ok(Node::Scalar)
             }
             fn visit_none<E: de::Error>(self) -> Result<Node, E> {
-                Ok(Node::Null)
+                Ok(Node::Scalar)
             }
             fn visit_some<D2: de::Deserializer<'de>>(self, d: D2) -> Result<Node, D2::Error> {
                 Node::deserialize(d)
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
-                Ok(Node::Bool(v))
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Scalar)
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
-                Ok(Node::Int(v))
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Scalar)
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
-                Ok(Node::UInt(v))
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Scalar)
             }
-            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Node, E> {
-                i64::try_from(v)
-                    .map(Node::Int)
-                    .or_else(|_| Ok(Node::Str(v.to_string())))
+            fn visit_i128<E: de::Error>(self, _: i128) -> Result<Node, E> {
+                Ok(Node::Scalar)
             }
-            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
-                u64::try_from(v)
-                    .map(Node::UInt)
-                    .or_else(|_| Ok(Node::Str(v.to_string())))
+            fn visit_u128<E: de::Error>(self, _: u128) -> Result<Node, E> {
+                Ok(Node::Scalar)
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
-                Ok(Node::Float(v))
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Scalar)
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
-                Ok(Node::Str(v.to_string()))
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Scalar)
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
-                Ok(Node::Str(v))
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Node, E> {
-                Ok(Node::Str(String::from_utf8_lossy(v).into_owned()))
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Node, E> {
+                Ok(Node::Scalar)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
                 let mut items = Vec::new();

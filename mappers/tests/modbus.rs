@@ -358,3 +358,71 @@ async fn rtu_arbiter_skips_a_silent_slave() {
     let link = links.handle(&format!("rtu://{path}")).unwrap();
     assert!(link.utilisation() > 0.0);
 }
+
+/// Writes jump the poll queue: with a dozen polls waiting on a 9600-baud line, a write is done
+/// after at most the poll on the wire, not after all of them.
+#[tokio::test]
+async fn rtu_writes_jump_the_poll_queue() {
+    use mappers::modbus::link::{Data, Op};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let set = platform();
+    let ep = modbus_endpoint(&set.devices, Line::Rtu, 1).unwrap();
+    let pty = simulators::pty::Pty::open().unwrap();
+    let path = pty.path().to_string_lossy().into_owned();
+    let timing = Some(simulators::modbus::rtu::LineTiming {
+        baud: 9600,
+        bits_per_char: 11,
+    });
+    let ep2 = ep.clone();
+    let _line = AbortOnDrop(tokio::spawn(async move {
+        let _ = simulators::modbus::rtu::serve(pty, ep2, timing).await;
+    }));
+    let links = Links::new(LinkOptions::default());
+    let north = at_port(device(&set, "rig7/tanks-north"), &path);
+    let device_models::protocol::DeviceProtocol::Modbus(m) = &north.protocol else {
+        panic!("tanks-north is a Modbus device");
+    };
+    let (unit, link) = (m.slave_id, links.get(&m.transport));
+    const POLLS: usize = 12;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut polls = Vec::new();
+    for _ in 0..POLLS {
+        let (link, done) = (link.clone(), done.clone());
+        polls.push(tokio::spawn(async move {
+            let op = Op::Read {
+                kind: RegisterKind::Input,
+                start: 0,
+                count: 5,
+            };
+            let r = link.call(unit, op, Duration::from_secs(2), false).await;
+            done.fetch_add(1, Ordering::SeqCst);
+            r
+        }));
+    }
+    // Every poll is queued or on the wire before the write comes.
+    let deadline = std::time::Instant::now() + T;
+    while link.queued_reads() < POLLS - 1 {
+        assert!(std::time::Instant::now() < deadline, "polls never queued");
+        tokio::task::yield_now().await;
+    }
+    let w = link
+        .call(
+            unit,
+            Op::WriteRegister(0, 4321),
+            Duration::from_secs(2),
+            true,
+        )
+        .await;
+    let polls_before_write = done.load(Ordering::SeqCst);
+    assert!(matches!(w, Ok(Ok(Data::Written))), "{w:?}");
+    assert!(
+        polls_before_write <= 1,
+        "{polls_before_write} of {POLLS} queued polls went before the write"
+    );
+    for p in polls {
+        let r = p.await.unwrap();
+        assert!(matches!(r, Ok(Ok(Data::Words(_)))), "{r:?}");
+    }
+    assert_eq!(done.load(Ordering::SeqCst), POLLS);
+}

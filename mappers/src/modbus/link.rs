@@ -102,6 +102,11 @@ pub struct LinkHandle {
 }
 
 impl LinkHandle {
+    /// Polls waiting for the bus (writes never wait behind them).
+    pub fn queued_reads(&self) -> usize {
+        self.reads.max_capacity() - self.reads.capacity()
+    }
+
     /// Sends one request and waits for its outcome. `priority` puts it before queued reads.
     pub async fn call(&self, unit: u8, op: Op, timeout: Duration, priority: bool) -> LinkResult {
         let (tx, rx) = oneshot::channel();
