@@ -78,6 +78,12 @@ pub async fn render(src: &Sources) -> String {
         g(&src.clients.accepted),
         g(&src.clients.tls_failures)
     );
+    // The cloud link is not built yet (issue 6 and on): the state says so rather than
+    // leaving dashboards to guess from a missing series.
+    let _ = writeln!(
+        out,
+        "# HELP ballast_cloud_link_state State of the cloud link (1 for the current state).\n# TYPE ballast_cloud_link_state gauge\nballast_cloud_link_state{{state=\"not_configured\"}} 1\nballast_cloud_link_state{{state=\"connecting\"}} 0\nballast_cloud_link_state{{state=\"up\"}} 0\nballast_cloud_link_state{{state=\"down\"}} 0"
+    );
     if let Ok((rows, oldest)) = src.store.outbox_depth().await {
         let _ = writeln!(
             out,

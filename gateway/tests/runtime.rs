@@ -98,6 +98,14 @@ async fn metrics_and_healthz() {
         assert!(m.contains("ballast_outbox_depth_rows "), "{m}");
         assert!(m.contains("ballast_broker_clients "), "{m}");
         assert!(
+            m.contains("ballast_cloud_link_state{state=\"not_configured\"} 1"),
+            "{m}"
+        );
+        assert!(
+            m.contains("ballast_broker_tls_handshake_failures_total 0"),
+            "{m}"
+        );
+        assert!(
             m.contains("ballast_mapper_errors_link_total{device=\"rig7/wellhead-a07\"}"),
             "{m}"
         );
