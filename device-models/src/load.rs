@@ -153,90 +153,92 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, diags: &mut Vec<Diagnosti
     }
 }
 
-/// Loads the documents of one YAML text, named `file` in diagnostics.
+/// Loads the documents of one YAML text, named `file` in diagnostics. A file with a syntax error
+/// contributes that error and nothing else (not the documents before it).
 pub fn load_str(file: &Path, text: &str, out: &mut LoadedObjects) {
     out.files += 1;
-    let docs = match yaml::parse_documents(text) {
-        Ok(d) => d,
-        Err(e) => {
-            out.diagnostics.push(file_diag(
-                file,
-                e.pos,
-                Severity::Error,
-                format!("YAML syntax error: {}", e.message),
-            ));
-            return;
+    let mut staged = LoadedObjects::default();
+    match yaml::parse_each(text, |doc| load_doc(file, doc, &mut staged)) {
+        Err(e) => out.diagnostics.push(file_diag(
+            file,
+            e.pos,
+            Severity::Error,
+            format!("YAML syntax error: {}", e.message),
+        )),
+        Ok(()) => {
+            out.devices.append(&mut staged.devices);
+            out.models.append(&mut staged.models);
+            out.diagnostics.append(&mut staged.diagnostics);
         }
+    }
+}
+
+fn load_doc(file: &Path, doc: yaml::Document, out: &mut LoadedObjects) {
+    let at = |path: &str| doc.positions.value(path);
+    let api_version = doc.value.get("apiVersion").and_then(|v| v.as_str());
+    let kind = doc.value.get("kind").and_then(|v| v.as_str());
+    let (Some(api_version), Some(kind)) = (api_version, kind) else {
+        out.diagnostics.push(file_diag(
+            file,
+            at(""),
+            Severity::Error,
+            "not a Kubernetes object: apiVersion and kind are required \
+             (expected apiVersion: devices.kubeedge.io/v1beta1 with kind Device or DeviceModel)",
+        ));
+        return;
     };
-    for doc in docs {
-        let at = |path: &str| doc.positions.value(path);
-        let api_version = doc.value.get("apiVersion").and_then(|v| v.as_str());
-        let kind = doc.value.get("kind").and_then(|v| v.as_str());
-        let (Some(api_version), Some(kind)) = (api_version, kind) else {
-            out.diagnostics.push(file_diag(
-                file,
-                at(""),
-                Severity::Error,
-                "not a Kubernetes object: apiVersion and kind are required \
-                 (expected apiVersion: devices.kubeedge.io/v1beta1 with kind Device or DeviceModel)",
-            ));
-            continue;
+    let name = doc
+        .value
+        .pointer("/metadata/name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("?")
+        .to_string();
+    let group = api_version.split('/').next().unwrap_or("");
+    if group != GROUP {
+        out.diagnostics.push(file_diag(
+            file,
+            at("kind"),
+            Severity::Notice,
+            format!("skipped {kind} {name:?} ({api_version}): not a device object"),
+        ));
+        return;
+    }
+    if api_version != API_VERSION {
+        let advice = if api_version.ends_with("/v1alpha2") {
+            "v1alpha2 was replaced by v1beta1 in KubeEdge 1.15; Ballast reads only v1beta1. \
+             Convert the file: set apiVersion: devices.kubeedge.io/v1beta1; in a Device, move \
+             spec.protocol.modbus/common into spec.protocol.protocolName and configData, and \
+             spec.propertyVisitors[] into spec.properties[].visitors; in a DeviceModel, \
+             replace each property's type: {int: {accessMode: ...}} with type: INT and \
+             accessMode (see docs/DEVICE-CONFIG.md, \"Migrating from v1alpha2\")"
+        } else {
+            "Ballast reads devices.kubeedge.io/v1beta1"
         };
-        let name = doc
-            .value
-            .pointer("/metadata/name")
-            .and_then(|v| v.as_str())
-            .unwrap_or("?")
-            .to_string();
-        let group = api_version.split('/').next().unwrap_or("");
-        if group != GROUP {
-            out.diagnostics.push(file_diag(
-                file,
-                at("kind"),
-                Severity::Notice,
-                format!("skipped {kind} {name:?} ({api_version}): not a device object"),
-            ));
-            continue;
-        }
-        if api_version != API_VERSION {
-            let advice = if api_version.ends_with("/v1alpha2") {
-                "v1alpha2 was replaced by v1beta1 in KubeEdge 1.15; Ballast reads only v1beta1. \
-                 Convert the file: set apiVersion: devices.kubeedge.io/v1beta1; in a Device, move \
-                 spec.protocol.modbus/common into spec.protocol.protocolName and configData, and \
-                 spec.propertyVisitors[] into spec.properties[].visitors; in a DeviceModel, \
-                 replace each property's type: {int: {accessMode: ...}} with type: INT and \
-                 accessMode (see docs/DEVICE-CONFIG.md, \"Migrating from v1alpha2\")"
-            } else {
-                "Ballast reads devices.kubeedge.io/v1beta1"
-            };
-            out.diagnostics.push(file_diag(
-                file,
-                at("apiVersion"),
-                Severity::Error,
-                format!("apiVersion {api_version} is not supported: {advice}"),
-            ));
-            continue;
-        }
-        match kind {
-            "Device" => {
-                if let Some(d) = typed::<Device>(file, doc.value, &doc.positions, out) {
-                    out.devices.push(d);
-                }
+        out.diagnostics.push(file_diag(
+            file,
+            at("apiVersion"),
+            Severity::Error,
+            format!("apiVersion {api_version} is not supported: {advice}"),
+        ));
+        return;
+    }
+    match kind {
+        "Device" => {
+            if let Some(d) = typed::<Device>(file, doc.value, &doc.positions, out) {
+                out.devices.push(d);
             }
-            "DeviceModel" => {
-                if let Some(m) = typed::<DeviceModel>(file, doc.value, &doc.positions, out) {
-                    out.models.push(m);
-                }
-            }
-            other => out.diagnostics.push(file_diag(
-                file,
-                at("kind"),
-                Severity::Notice,
-                format!(
-                    "skipped {other} {name:?}: only Device and DeviceModel configure the gateway"
-                ),
-            )),
         }
+        "DeviceModel" => {
+            if let Some(m) = typed::<DeviceModel>(file, doc.value, &doc.positions, out) {
+                out.models.push(m);
+            }
+        }
+        other => out.diagnostics.push(file_diag(
+            file,
+            at("kind"),
+            Severity::Notice,
+            format!("skipped {other} {name:?}: only Device and DeviceModel configure the gateway"),
+        )),
     }
 }
 
@@ -341,6 +343,31 @@ mod tests {
         let mut out = LoadedObjects::default();
         load_str(Path::new("t.yaml"), text, &mut out);
         out
+    }
+
+    #[test]
+    fn a_syntax_error_late_in_a_file_keeps_its_earlier_documents_out() {
+        // Documents are read one at a time; the file still counts as a whole.
+        let out = load(
+            "apiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata: {name: m}\nspec: {protocol: modbus}\n---\n\
+             apiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata: {name: d, labels: [}\n",
+        );
+        assert!(out.models.is_empty() && out.devices.is_empty());
+        assert_eq!(out.diagnostics.len(), 1, "{:?}", out.diagnostics);
+        assert!(out.diagnostics[0].message.starts_with("YAML syntax error"));
+        assert_eq!(out.diagnostics[0].pos.line, 8, "{:?}", out.diagnostics[0]);
+    }
+
+    #[test]
+    fn positions_of_a_later_document_after_empty_ones() {
+        let out = load(
+            "---\n---\napiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata: {name: m}\nspec: {protocol: modbus}\n---\n\
+             apiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata:\n  name: d\nspec: {deviceModelRef: {name: m}}\n",
+        );
+        assert_eq!(out.devices.len(), 1);
+        let d = &out.devices[0];
+        assert_eq!(d.positions.value("metadata.name").line, 11);
+        assert_eq!(d.positions.key("spec.deviceModelRef").line, 12);
     }
 
     #[test]

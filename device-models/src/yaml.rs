@@ -153,6 +153,15 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Parses every document of a YAML text. Empty documents are skipped.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
+    let mut docs = Vec::new();
+    parse_each(text, |d| docs.push(d))?;
+    Ok(docs)
+}
+
+/// Parses the documents of a YAML text one at a time, handing each to `f` before the next is
+/// read: a site file of a thousand devices never has all of them in memory as JSON at once.
+/// Empty documents are skipped. On a syntax error `f` may have seen the documents before it.
+pub fn parse_each(text: &str, mut f: impl FnMut(Document)) -> Result<(), SyntaxError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(SyntaxError {
             pos: Pos::default(),
@@ -163,23 +172,24 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
             ),
         });
     }
-    let values: Vec<Plain> =
-        serde_saphyr::from_multiple_with_options(text, options()).map_err(syntax_error)?;
     let file = std::sync::Arc::new(FileIndex {
         text: text.into(),
         tables: std::sync::OnceLock::new(),
     });
-    Ok(values
-        .into_iter()
-        .enumerate()
-        .map(|(doc, Plain(value))| Document {
+    let mut reader = text.as_bytes();
+    for (doc, value) in
+        serde_saphyr::read_with_options::<_, Plain>(&mut reader, options()).enumerate()
+    {
+        let Plain(value) = value.map_err(syntax_error)?;
+        f(Document {
             value,
             positions: PositionIndex {
                 file: Some(file.clone()),
                 doc,
             },
-        })
-        .collect())
+        });
+    }
+    Ok(())
 }
 
 /// Parser options: YAML 1.2 core booleans only (`n`, `y`, `on`, `off`, a parity of `N`, a key

@@ -313,7 +313,7 @@ pub type MetricsMap = Arc<std::sync::Mutex<BTreeMap<String, Arc<mappers::Metrics
 /// A running mapper: its config, its write queue and its own stop switch.
 #[derive(Debug)]
 pub struct Slot {
-    fingerprint: String,
+    fingerprint: u64,
     writes: mpsc::Sender<WriteRequest>,
     stop: watch::Sender<bool>,
 }
@@ -330,13 +330,16 @@ struct Spawner {
 }
 
 /// What identifies a device's running configuration: the object and everything parsed from it.
-fn fingerprint(d: &DeviceConfig) -> String {
-    format!(
+///
+/// Kept as a 64-bit hash: the text itself is some 10 KB a device, held for the life of the
+/// mapper only to be compared on reload.
+fn fingerprint(d: &DeviceConfig) -> u64 {
+    fnv(&format!(
         "{}|{:?}|{:?}",
         serde_json::to_string(&d.device).unwrap_or_default(),
         d.protocol,
         d.properties
-    )
+    ))
 }
 
 impl Spawner {

@@ -120,7 +120,10 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(5));
+            .busy_timeout(std::time::Duration::from_secs(5))
+            // SQLite's page cache defaults to 2 MB; appends to the outbox and the few twin rows
+            // touched per batch need far less (P7 in docs/BENCHMARKS.md).
+            .pragma("cache_size", "-512");
         // One connection: one writer, and SQLite serialises writers anyway.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
