@@ -176,19 +176,16 @@ impl Config {
         })?;
         // A client on a non-loopback listener must prove who it is: a password, or on the TLS
         // listener a client certificate (broker.tls.client_ca).
-        let open_plain = !cfg.broker.listen.ip().is_loopback();
-        let open_tls = cfg
+        let tls_open = cfg
             .broker
             .tls
             .as_ref()
             .filter(|t| !t.listen.ip().is_loopback() && t.client_ca.is_none())
             .map(|t| t.listen);
-        if cfg.broker.users.is_empty() && (open_plain || open_tls.is_some()) {
-            let addr = if open_plain {
-                cfg.broker.listen
-            } else {
-                open_tls.unwrap_or(cfg.broker.listen)
-            };
+        let open = Some(cfg.broker.listen)
+            .filter(|l| !l.ip().is_loopback())
+            .or(tls_open);
+        if let Some(addr) = open.filter(|_| cfg.broker.users.is_empty()) {
             return Err(ConfigError::Invalid {
                 path: path.into(),
                 message: format!(

@@ -14,15 +14,23 @@ fn platform() -> device_models::DeviceSet {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarts_from_its_store_alone() {
-    let dir = tempfile::tempdir().unwrap();
+/// A gateway config on `dir`: broker on a free loopback port, no metrics listener (a test that
+/// wants one sets port 0).
+fn config(dir: &Path) -> Config {
     let mut cfg = Config {
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.to_path_buf(),
         node_name: "rig7-edge".into(),
         ..Config::default()
     };
     cfg.broker.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.metrics.listen = None;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_from_its_store_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
     let set = platform();
     let gw = gateway::runtime::start(&cfg, set.devices.clone())
         .await
@@ -69,11 +77,7 @@ async fn restarts_from_its_store_alone() {
 async fn metrics_and_healthz() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    cfg.broker.listen = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = config(dir.path());
     cfg.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     // The devices point at addresses where nothing answers: they go offline, which the metrics say.
     let gw = gateway::runtime::start(&cfg, platform().devices)
@@ -149,12 +153,7 @@ async fn reload_restarts_only_what_changed() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    cfg.broker.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.metrics.listen = None;
+    let cfg = config(dir.path());
     let gw = gateway::runtime::start(&cfg, devices.clone())
         .await
         .unwrap();
@@ -240,12 +239,7 @@ async fn reload_restarts_only_what_changed() {
 async fn every_request_of_a_burst_is_answered() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config {
-        data_dir: dir.path().to_path_buf(),
-        node_name: "rig7-edge".into(),
-        ..Config::default()
-    };
-    cfg.broker.listen = "127.0.0.1:0".parse().unwrap();
+    let cfg = config(dir.path());
     let gw = gateway::runtime::start(&cfg, platform().devices)
         .await
         .unwrap();
