@@ -3,15 +3,14 @@
 //!
 //! - `p4`: readings per second through the twin logic, the SQLite store (one transaction per
 //!   batch) and the embedded broker, fed directly (no device I/O) with values that always change.
-//! - `p7`: RSS and CPU of the gateway (in this process) running DEVICES × TAGS at a 1 s cycle
-//!   against a `sim-bench serve-fleet` child process.
+//! - `p7`: RSS and CPU of a `ballast-gateway run` process (the release binary, as installed)
+//!   running DEVICES × TAGS at a 1 s cycle against a `sim-bench serve-fleet` child process.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use device_models::Value;
-use gateway::config::Config;
 use mappers::{Quality, Reading};
 
 #[cfg(not(feature = "system-alloc"))]
@@ -87,49 +86,80 @@ async fn p4(devices: usize, tags: usize, secs: u64) -> Result<()> {
     Ok(())
 }
 
+/// `ballast_readings_total` from the gateway's `/metrics`.
+async fn readings_total(port: u16) -> Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("ballast_readings_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .context("no ballast_readings_total in /metrics")
+}
+
+/// P7 measures the product: a `ballast-gateway run` process on a config file, as installed.
 async fn p7(devices: usize, tags: usize, secs: u64) -> Result<()> {
-    let (mut child, ports) = simulators::testkit::serve_fleet(devices, tags)
+    let (mut fleet, ports) = simulators::testkit::serve_fleet(devices, tags)
         .await
         .map_err(anyhow::Error::msg)?;
-    let rss0 = simulators::testkit::status_kb("self", "VmRSS:").map_err(anyhow::Error::msg)?;
     let dir = temp("p7")?;
-    simulators::fleet::write_with_cycle(&dir, devices, tags, 1000, |i| {
+    let devices_dir = dir.join("devices");
+    std::fs::create_dir_all(&devices_dir)?;
+    simulators::fleet::write_with_cycle(&devices_dir, devices, tags, 1000, |i| {
         ("127.0.0.1".into(), ports[i])
     })?;
-    let set = simulators::load_devices(&dir)?;
-    let mut cfg = Config {
-        data_dir: dir.clone(),
-        ..Config::default()
-    };
-    cfg.broker.listen = "127.0.0.1:0".parse()?;
-    cfg.metrics.listen = None;
-    if let Some(n) = std::env::var("BROKER_MAX_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        cfg.broker.max_connections = n;
+    let metrics_port = simulators::testkit::free_port()?;
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_name = \"bench\"\ndata_dir = {:?}\ndevices_dir = {:?}\n\
+             [broker]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+            dir.join("data").display().to_string(),
+            devices_dir.display().to_string(),
+        ),
+    )?;
+    let mut gw = tokio::process::Command::new(env!("CARGO_BIN_EXE_ballast-gateway"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = gw.id().context("gateway pid")?.to_string();
+    let up = Instant::now() + Duration::from_secs(60);
+    while readings_total(metrics_port).await.unwrap_or(0) == 0 {
+        if Instant::now() > up {
+            bail!("the gateway showed no readings within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let gw = gateway::runtime::start(&cfg, set.devices).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let cpu0 = simulators::testkit::cpu_ticks("self").map_err(anyhow::Error::msg)?;
-    let r0 = gw.stats.readings.load(std::sync::atomic::Ordering::Relaxed);
+    let cpu0 = simulators::testkit::cpu_ticks(&pid).map_err(anyhow::Error::msg)?;
+    let r0 = readings_total(metrics_port).await?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let cpu = (simulators::testkit::cpu_ticks("self").map_err(anyhow::Error::msg)? - cpu0) as f64
+    let r = (readings_total(metrics_port).await? - r0) as f64 / t0.elapsed().as_secs_f64();
+    let cpu = (simulators::testkit::cpu_ticks(&pid).map_err(anyhow::Error::msg)? - cpu0) as f64
         / simulators::testkit::TICKS_PER_S
         / t0.elapsed().as_secs_f64();
-    let r = (gw.stats.readings.load(std::sync::atomic::Ordering::Relaxed) - r0) as f64
-        / t0.elapsed().as_secs_f64();
-    let rss = simulators::testkit::status_kb("self", "VmRSS:").map_err(anyhow::Error::msg)?;
+    let kb = |k: &str| simulators::testkit::status_kb(&pid, k).map_err(anyhow::Error::msg);
+    let (rss, anon, file) = (kb("VmRSS:")?, kb("RssAnon:")?, kb("RssFile:")?);
     println!(
-        "| P7: {devices} devices / {} properties at 1 s | {r:.0} readings/s | gateway CPU {:.1} % of a core | RSS {:.1} MB ({:.1} MB at start) |",
+        "| P7: {devices} devices / {} properties at 1 s | {r:.0} readings/s | gateway CPU {:.1} % of a core | RSS {:.1} MB (heap and stacks {:.1} MB, code {:.1} MB) |",
         devices * tags,
         cpu * 100.0,
         rss as f64 / 1024.0,
-        rss0 as f64 / 1024.0
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0,
     );
-    let _ = gw.shutdown.send(true);
-    let _ = child.kill().await;
+    let _ = gw.kill().await;
+    let _ = fleet.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

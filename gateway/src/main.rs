@@ -113,7 +113,30 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// mimalloc keeps freed memory for `purge_delay` (1 s in v3) before giving it back to the OS; at
+/// a 1 s poll cycle that is one cycle's transient allocations held for good (3–4 MB of a
+/// 100-device gateway, docs/BENCHMARKS.md). The gateway gives it back at once, unless
+/// `MIMALLOC_PURGE_DELAY` in the environment says otherwise.
+#[cfg(not(feature = "system-alloc"))]
+#[allow(unsafe_code)]
+fn allocator_defaults() {
+    // `mi_option_purge_delay` in mimalloc.h (v2 and v3), which libmimalloc-sys does not name:
+    // the option right before `mi_option_use_numa_nodes`.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    const _: () = assert!(libmimalloc_sys::mi_option_use_numa_nodes == PURGE_DELAY + 1);
+    // SAFETY: mi_option_set_default stores an integer into mimalloc's option table, which
+    // mimalloc reads with plain loads; it is called first thing in main, before any thread is
+    // spawned, so nothing reads the option concurrently. It takes no pointers.
+    unsafe {
+        libmimalloc_sys::mi_option_set_default(PURGE_DELAY, 0);
+    }
+}
+
+#[cfg(feature = "system-alloc")]
+fn allocator_defaults() {}
+
 fn main() -> ExitCode {
+    allocator_defaults();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Check { .. }) {
         tracing_subscriber_init(matches!(cli.command, Command::Demo { .. }));

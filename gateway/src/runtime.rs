@@ -1,7 +1,8 @@
 //! The running gateway: store, broker, one mapper task per device, and the twin owner loop.
 //!
 //! Data path: mappers → bounded events channel → the owner loop, which drains events in
-//! batches, runs the twin logic, commits the batch to SQLite in one transaction, and only then
+//! batches (readings wait up to 50 ms for others: group commit), runs the twin logic, commits the
+//! batch to SQLite in one transaction, and only then
 //! publishes telemetry and twin messages on the embedded broker. MQTT requests arrive on an
 //! in-process broker link and go through the same owner.
 
@@ -14,11 +15,23 @@ use mappers::modbus::Links;
 use mappers::{Event, Mapper, MapperIo, MapperOptions, WriteRequest};
 use rumqttd::Notification;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::broker::{self, Embedded};
 use crate::config::Config;
 use crate::store::Store;
 use crate::twins::Twins;
+
+/// How long a reading waits for others to share its store transaction (group commit). With a
+/// fleet's polls spread over the cycle, readings arrive a device at a time; one commit each would
+/// cost a hundred commits a second at 100 devices.
+const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Most readings in one transaction (and events taken off the queue at once).
+const MAX_BATCH: usize = 4096;
+
+/// How often, at most, the twins view is refreshed.
+const VIEW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Counters an operator (and a test) reads.
 #[derive(Debug, Default)]
@@ -211,7 +224,11 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
     let task = tokio::spawn(async move {
         let mut pending = vec![initial];
         let mut last_trim = std::time::Instant::now();
+        let (mut view_dirty, mut view_due) = (false, Instant::now());
+        // Readings wait up to BATCH_LINGER for others: one transaction for all of them.
+        let (mut held, mut flush_at) = (Vec::new(), Instant::now());
         loop {
+            view_dirty |= !pending.is_empty();
             for a in pending.drain(..) {
                 for (id, state) in &a.states {
                     if let Some(slot) = states
@@ -224,12 +241,19 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
                 }
                 carry_out(a, &store, &mut link_tx, &slots, &st).await;
             }
-            let ids = twins.ids();
-            let _ = view_tx.send(
-                ids.iter()
-                    .filter_map(|id| twins.twins(id).map(|t| (id.clone(), t)))
-                    .collect(),
-            );
+            // The view (for the demo's screen and tests) copies every twin: refreshed at most every
+            // VIEW_EVERY, not after every batch (with a fleet's polls spread over the cycle
+            // there are a hundred batches a second).
+            if view_dirty && Instant::now() >= view_due {
+                let ids = twins.ids();
+                let _ = view_tx.send(
+                    ids.iter()
+                        .filter_map(|id| twins.twins(id).map(|t| (id.clone(), t)))
+                        .collect(),
+                );
+                view_dirty = false;
+                view_due = Instant::now() + VIEW_EVERY;
+            }
             if last_trim.elapsed().as_secs() >= 60 {
                 last_trim = std::time::Instant::now();
                 let oldest = mappers::now_ms() - outbox_age.as_millis() as i64;
@@ -243,8 +267,18 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
                 }
             }
             tokio::select! {
+                () = tokio::time::sleep_until(view_due), if view_dirty => {}
+                () = tokio::time::sleep_until(flush_at), if !held.is_empty() => {
+                    pending.push(twins.on_readings(&held, mappers::now_ms()));
+                    held.clear();
+                }
                 r = shutdown.changed() => {
                     if r.is_err() || *shutdown.borrow() {
+                        // What is held was acknowledged to no one; store it all the same.
+                        if !held.is_empty() {
+                            let a = twins.on_readings(&held, mappers::now_ms());
+                            carry_out(a, &store, &mut link_tx, &slots, &st).await;
+                        }
                         for slot in slots.values() {
                             let _ = slot.stop.send(true);
                         }
@@ -263,17 +297,21 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
                 Some(ev) = events_rx.recv() => {
                     // Drain what is queued: one transaction for the whole batch.
                     let mut batch = vec![ev];
-                    while batch.len() < 4096 {
+                    while batch.len() < MAX_BATCH {
                         match events_rx.try_recv() {
                             Ok(e) => batch.push(e),
                             Err(_) => break,
                         }
                     }
-                    let now = mappers::now_ms();
-                    let mut readings = Vec::new();
                     for e in batch {
                         match e {
-                            Event::Readings(r) => readings.extend(r),
+                            Event::Readings(r) => {
+                                if held.is_empty() {
+                                    flush_at = Instant::now() + BATCH_LINGER;
+                                }
+                                st.readings.fetch_add(r.len() as u64, Ordering::Relaxed);
+                                held.extend(r);
+                            }
                             Event::Health { device, health, reason } => {
                                 tracing::info!(device = %device, state = health.as_str(), reason, "device state");
                                 twins.on_health(&device, health);
@@ -286,8 +324,10 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
                             }
                         }
                     }
-                    st.readings.fetch_add(readings.len() as u64, Ordering::Relaxed);
-                    pending.push(twins.on_readings(&readings, now));
+                    if held.len() >= MAX_BATCH {
+                        pending.push(twins.on_readings(&held, mappers::now_ms()));
+                        held.clear();
+                    }
                 }
                 Some((topic, body)) = req_rx.recv() => {
                     st.requests.fetch_add(1, Ordering::Relaxed);

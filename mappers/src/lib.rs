@@ -250,6 +250,56 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, rand01: f64) -> Durat
         .max(Duration::from_millis(10))
 }
 
+/// Slots a cycle is divided into: devices poll in one of them, so that a fleet's polls come in
+/// [`PHASE_SLOTS`] small waves per cycle instead of one burst (the readings, store batches and
+/// broker publishes of 100 devices at once), without waking the process for every device.
+pub const PHASE_SLOTS: u32 = 10;
+
+/// Where in its cycle a device polls, as a fraction of the cycle: `k / PHASE_SLOTS`, with `k` a
+/// stable hash of the device id, so a device keeps its slot across restarts.
+pub fn poll_phase(device: &str) -> f64 {
+    // FNV-1a: stable across builds and platforms, unlike the standard library's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    // Murmur3's finaliser spreads ids that differ only in their last character.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h % u64::from(PHASE_SLOTS)) as f64 / f64::from(PHASE_SLOTS)
+}
+
+/// The process-wide origin of the poll grid: devices in the same slot and cycle wake together.
+pub fn poll_epoch() -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(tokio::time::Instant::now)
+}
+
+/// The poll after one that was due at `due` and finished at `now`: the next point of the grid
+/// `epoch + phase × interval + k × interval` that is at least half a cycle after `due` (the first
+/// poll, at start, is off the grid) and after `now` (a poll that overran skips the points it
+/// missed instead of polling back to back).
+pub fn next_poll(
+    epoch: tokio::time::Instant,
+    phase: f64,
+    interval: Duration,
+    due: tokio::time::Instant,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
+    if interval.is_zero() {
+        return now;
+    }
+    let origin = epoch + interval.mul_f64(phase.clamp(0.0, 1.0));
+    let not_before = (due + interval / 2).max(now);
+    // Grid points at or before `not_before` are taken; the next one is the answer.
+    let since = not_before.saturating_duration_since(origin);
+    let k = since.as_nanos() / interval.as_nanos() + 1;
+    let k = u32::try_from(k).unwrap_or(u32::MAX);
+    let next = origin + interval.saturating_mul(k);
+    if origin > not_before { origin } else { next }
+}
+
 /// A small jitter source (no need for cryptographic randomness).
 pub(crate) fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
@@ -272,5 +322,51 @@ mod tests {
         assert!(backoff(3, min, max, 0.0) >= Duration::from_millis(10));
         let j = jitter();
         assert!((0.0..1.0).contains(&j));
+    }
+
+    #[test]
+    fn poll_phases_are_stable_and_spread_over_the_slots() {
+        assert_eq!(poll_phase("rig7/pump-p201"), poll_phase("rig7/pump-p201"));
+        // 100 devices named like a fleet: every slot gets some, none gets a quarter of them.
+        let mut slots = [0usize; PHASE_SLOTS as usize];
+        for i in 0..100 {
+            let f = poll_phase(&format!("fleet/plc-{i:04}"));
+            assert!((0.0..1.0).contains(&f), "{f}");
+            slots[(f * f64::from(PHASE_SLOTS)).round() as usize] += 1;
+        }
+        assert!(slots.iter().all(|&n| (1..25).contains(&n)), "{slots:?}");
+    }
+
+    #[test]
+    fn next_poll_keeps_to_the_grid() {
+        let epoch = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let iv = ms(1000);
+        // First poll at start (off the grid): the next is the grid point half a cycle away or more.
+        assert_eq!(next_poll(epoch, 0.3, iv, epoch, epoch), epoch + ms(1300));
+        assert_eq!(
+            next_poll(epoch, 0.3, iv, epoch + ms(900), epoch + ms(900)),
+            epoch + ms(2300)
+        );
+        assert_eq!(next_poll(epoch, 0.7, iv, epoch, epoch), epoch + ms(700));
+        // On the grid: one interval later.
+        assert_eq!(
+            next_poll(epoch, 0.3, iv, epoch + ms(1300), epoch + ms(1310)),
+            epoch + ms(2300)
+        );
+        // A poll that overran skips the missed points.
+        assert_eq!(
+            next_poll(epoch, 0.3, iv, epoch + ms(1300), epoch + ms(3500)),
+            epoch + ms(4300)
+        );
+        // Started before the epoch's phase point, a later device joins the same grid.
+        assert_eq!(
+            next_poll(epoch, 0.0, iv, epoch + ms(5), epoch + ms(5)),
+            epoch + ms(1000)
+        );
+        assert_eq!(
+            next_poll(epoch, 0.5, ms(0), epoch, epoch + ms(7)),
+            epoch + ms(7)
+        );
     }
 }

@@ -187,6 +187,9 @@ impl ModbusMapper {
     pub async fn run(mut self, mut io: MapperIo) {
         let link = self.links.get(&self.transport);
         let start = Instant::now();
+        // The first poll of every group is at start; later ones on this device's slot of a
+        // process-wide grid (`next_poll`), so that a fleet's polls come in small waves.
+        let (epoch, phase) = (crate::poll_epoch(), crate::poll_phase(&self.id));
         let mut next: Vec<Instant> = self.groups.iter().map(|_| start).collect();
         let mut health: Option<Health> = None;
         loop {
@@ -216,8 +219,7 @@ impl ModbusMapper {
                     }
                     let iv = self.groups[gi].interval;
                     let now = Instant::now();
-                    // Keep the cadence; if a poll overran a whole cycle, restart from now.
-                    next[gi] = if due + iv > now { due + iv } else { now + iv };
+                    next[gi] = crate::next_poll(epoch, phase, iv, due, now);
                     if !readings.is_empty() {
                         self.metrics.readings(readings.len());
                         if io.events.send(Event::Readings(readings)).await.is_err() {
