@@ -202,9 +202,11 @@ impl Store {
         samples: &[Sample],
     ) -> Result<Vec<i64>, StoreError> {
         // Multi-row statements: one statement per chunk, not per row (sqlx runs each statement
-        // through its SQLite worker thread, which costs far more than SQLite itself).
-        const TWIN_ROWS: usize = 1000;
-        const SAMPLE_ROWS: usize = 2000;
+        // through its SQLite worker thread, which costs far more than SQLite itself). Chunks have
+        // a few fixed sizes (`pow2_chunks`), so the statements are prepared once and cached
+        // instead of parsed for every batch (the parse was an eighth of P4's time).
+        const TWIN_ROWS: usize = 128;
+        const SAMPLE_ROWS: usize = 256;
         let mut tx = self.pool.begin().await?;
         // Only the newest write of a (device, property, side) in a batch matters.
         let mut last: BTreeMap<(&str, &str, bool), &TwinWrite> = BTreeMap::new();
@@ -222,7 +224,7 @@ impl Store {
             } else {
                 "reported"
             };
-            for chunk in rows.chunks(TWIN_ROWS) {
+            for chunk in pow2_chunks(&rows, TWIN_ROWS) {
                 let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
                     "INSERT INTO twins (device, property, ty, {side}, {side}_cloud, {side}_edge, {side}_ts) "
                 ));
@@ -239,12 +241,11 @@ impl Store {
                     " ON CONFLICT(device, property) DO UPDATE SET ty = excluded.ty, {side} = excluded.{side}, \
                      {side}_cloud = excluded.{side}_cloud, {side}_edge = excluded.{side}_edge, {side}_ts = excluded.{side}_ts"
                 ));
-                // Batch sizes vary: do not fill sqlx's statement cache with one-off statements.
-                q.build().persistent(false).execute(&mut *tx).await?;
+                q.build().execute(&mut *tx).await?;
             }
         }
         let mut seqs = Vec::with_capacity(samples.len());
-        for chunk in samples.chunks(SAMPLE_ROWS) {
+        for chunk in pow2_chunks(samples, SAMPLE_ROWS) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO outbox (device, property, value, ts) ",
             );
@@ -254,7 +255,7 @@ impl Store {
                     .push_bind(s.value.as_str())
                     .push_bind(s.ts);
             });
-            let r = q.build().persistent(false).execute(&mut *tx).await?;
+            let r = q.build().execute(&mut *tx).await?;
             // One writer, one statement: the rows got consecutive sequence numbers.
             let end = r.last_insert_rowid();
             let first = end - chunk.len() as i64 + 1;
@@ -345,8 +346,44 @@ impl Store {
     }
 }
 
+/// `rows` cut into chunks of `max` (a power of two), then of the powers of two that make up the
+/// rest: 300 rows with `max` 128 are 128, 128, 32, 8, 4. A multi-row statement exists for at most
+/// log2(max) + 1 sizes, so every one of them stays in the statement cache.
+fn pow2_chunks<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= max {
+            max
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn chunks_have_few_sizes_and_cover_every_row() {
+        let rows: Vec<u32> = (0..300).collect();
+        let sizes: Vec<usize> = pow2_chunks(&rows, 128).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [128, 128, 32, 8, 4]);
+        let back: Vec<u32> = pow2_chunks(&rows, 128).flatten().copied().collect();
+        assert_eq!(back, rows);
+        assert_eq!(pow2_chunks(&rows[..1], 128).count(), 1);
+        assert_eq!(pow2_chunks(&rows[..0], 128).count(), 0);
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 0..1000 {
+            seen.extend(pow2_chunks(&rows.repeat(4)[..n], 256).map(<[u32]>::len));
+        }
+        assert_eq!(seen.len(), 9, "{seen:?}");
+    }
     use super::*;
 
     fn tv(v: &str, edge: u64) -> TwinValue {
