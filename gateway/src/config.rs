@@ -68,14 +68,32 @@ fn default_handshake_s() -> u64 {
     10
 }
 
-/// What the outbox keeps, and what happens at its bounds.
+/// What the outbox keeps, and what happens at its bounds. The bounds are enforced every minute;
+/// what is dropped is counted (`ballast_outbox_dropped_total{reason}`) and logged.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {
-    /// Most rows kept; past it the oldest are dropped (counted and logged).
+    /// Most rows kept.
     pub max_rows: u64,
-    /// Oldest sample kept, seconds.
+    /// Oldest sample kept, seconds (older samples are dropped whatever the policy).
     pub max_age_s: u64,
+    /// Most bytes of the store file in use (SQLite pages holding data: the outbox, and the small
+    /// twins and objects tables; the WAL is not counted).
+    pub max_bytes: u64,
+    /// Which samples go when `max_rows` or `max_bytes` is reached.
+    pub policy: OutboxPolicy,
+}
+
+/// Which samples the outbox drops at its row and byte bounds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxPolicy {
+    /// Keep the newest samples: the cloud gets the end of a long outage (the default).
+    #[default]
+    DropOldest,
+    /// Keep the oldest samples: the cloud gets the start of a long outage; newer samples are
+    /// dropped until the link drains the outbox.
+    DropNewest,
 }
 
 /// Metrics endpoint.
@@ -116,6 +134,8 @@ impl Default for OutboxConfig {
         OutboxConfig {
             max_rows: 10_000_000,
             max_age_s: 7 * 24 * 3600,
+            max_bytes: 1 << 30,
+            policy: OutboxPolicy::DropOldest,
         }
     }
 }
@@ -238,6 +258,25 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("g.toml: "), "{msg}");
         assert!(msg.contains("listen_on"), "{msg}");
+    }
+
+    #[test]
+    fn outbox_policy_is_explicit() {
+        let cfg = Config::parse(
+            Path::new("g.toml"),
+            "[outbox]\npolicy = \"drop_newest\"\nmax_bytes = 5000000\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.outbox.policy, OutboxPolicy::DropNewest);
+        assert_eq!(cfg.outbox.max_bytes, 5_000_000);
+        assert_eq!(Config::default().outbox.policy, OutboxPolicy::DropOldest);
+        let err = Config::parse(Path::new("g.toml"), "[outbox]\npolicy = \"keep_all\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("keep_all") && err.contains("drop_oldest"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -84,6 +84,17 @@ pub async fn render(src: &Sources) -> String {
         out,
         "# HELP ballast_cloud_link_state State of the cloud link (1 for the current state).\n# TYPE ballast_cloud_link_state gauge\nballast_cloud_link_state{{state=\"not_configured\"}} 1\nballast_cloud_link_state{{state=\"connecting\"}} 0\nballast_cloud_link_state{{state=\"up\"}} 0\nballast_cloud_link_state{{state=\"down\"}} 0"
     );
+    let _ = writeln!(
+        out,
+        "# HELP ballast_outbox_dropped_total Outbox samples dropped at its bounds (outbox.max_age_s, max_rows, max_bytes).\n# TYPE ballast_outbox_dropped_total counter"
+    );
+    for (reason, c) in ["age", "rows", "bytes"].iter().zip(&s.outbox_dropped) {
+        let _ = writeln!(
+            out,
+            "ballast_outbox_dropped_total{{reason=\"{reason}\"}} {}",
+            g(c)
+        );
+    }
     if let Ok((rows, oldest)) = src.store.outbox_depth().await {
         let _ = writeln!(
             out,

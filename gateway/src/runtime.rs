@@ -50,6 +50,8 @@ pub struct Stats {
     pub mapper_starts: AtomicU64,
     /// Reloads applied.
     pub reloads: AtomicU64,
+    /// Outbox samples dropped at its bounds, by reason: age, rows, bytes.
+    pub outbox_dropped: [AtomicU64; 3],
 }
 
 /// A started gateway.
@@ -223,7 +225,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
     let outbox_age = cfg.outbox_max_age();
     let task = tokio::spawn(async move {
         let mut pending = vec![initial];
-        let mut last_trim = std::time::Instant::now();
+        let mut last_trim: Option<std::time::Instant> = None;
         let (mut view_dirty, mut view_due) = (false, Instant::now());
         // Readings wait up to BATCH_LINGER for others: one transaction for all of them.
         let (mut held, mut flush_at) = (Vec::new(), Instant::now());
@@ -254,15 +256,29 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
                 view_dirty = false;
                 view_due = Instant::now() + VIEW_EVERY;
             }
-            if last_trim.elapsed().as_secs() >= 60 {
-                last_trim = std::time::Instant::now();
-                let oldest = mappers::now_ms() - outbox_age.as_millis() as i64;
-                match store.trim_outbox(outbox.max_rows, oldest).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(
-                        dropped = n,
-                        "outbox bound reached: dropped the oldest samples"
-                    ),
+            // The bounds, at start and every minute after.
+            if last_trim.is_none_or(|t: std::time::Instant| t.elapsed().as_secs() >= 60) {
+                last_trim = Some(std::time::Instant::now());
+                let bounds = crate::store::OutboxBounds {
+                    oldest_ms: mappers::now_ms() - outbox_age.as_millis() as i64,
+                    max_rows: outbox.max_rows,
+                    max_bytes: outbox.max_bytes,
+                    policy: outbox.policy,
+                };
+                match store.trim_outbox(&bounds).await {
+                    Ok(t) if t.total() == 0 => {}
+                    Ok(t) => {
+                        for (c, n) in st.outbox_dropped.iter().zip([t.age, t.rows, t.bytes]) {
+                            c.fetch_add(n, Ordering::Relaxed);
+                        }
+                        tracing::warn!(
+                            by_age = t.age,
+                            by_rows = t.rows,
+                            by_bytes = t.bytes,
+                            policy = ?outbox.policy,
+                            "outbox bound reached: samples dropped"
+                        );
+                    }
                     Err(e) => tracing::error!(error = %e, "outbox trim failed"),
                 }
             }

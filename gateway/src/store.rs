@@ -12,6 +12,8 @@ use std::str::FromStr;
 use device_models::crd::PropertyType;
 use device_models::twin::{PropertyTwin, TwinValue, TwinVersion};
 use sqlx::Row;
+
+use crate::config::OutboxPolicy;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -329,20 +331,106 @@ impl Store {
         Ok((r.get(0), r.get(1)))
     }
 
-    /// Enforces the outbox bounds by dropping the oldest rows; returns how many were dropped.
-    pub async fn trim_outbox(&self, max_rows: u64, oldest_ms: i64) -> Result<u64, StoreError> {
-        let by_age = sqlx::query("DELETE FROM outbox WHERE ts < ?")
-            .bind(oldest_ms)
+    /// Enforces the outbox bounds: rows older than `oldest_ms`, then rows past `max_rows`, then
+    /// rows until the file's used bytes fit `max_bytes`, taken from the end the policy says.
+    /// Returns how many rows went for each reason.
+    pub async fn trim_outbox(&self, b: &OutboxBounds) -> Result<Trimmed, StoreError> {
+        let mut t = Trimmed {
+            age: sqlx::query("DELETE FROM outbox WHERE ts < ?")
+                .bind(b.oldest_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+            ..Trimmed::default()
+        };
+        let max_rows = i64::try_from(b.max_rows).unwrap_or(i64::MAX);
+        let by_rows = match b.policy {
+            OutboxPolicy::DropOldest => {
+                "DELETE FROM outbox WHERE seq <= (SELECT MAX(seq) FROM outbox) - ?"
+            }
+            OutboxPolicy::DropNewest => {
+                "DELETE FROM outbox WHERE seq >= (SELECT MIN(seq) FROM outbox) + ?"
+            }
+        };
+        t.rows = sqlx::query(by_rows)
+            .bind(max_rows)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let by_rows =
-            sqlx::query("DELETE FROM outbox WHERE seq <= (SELECT MAX(seq) FROM outbox) - ?")
-                .bind(max_rows as i64)
+        // Bytes: drop the share of rows the file is over by (plus one), until it fits. Freed
+        // pages go to SQLite's free list, which `used_bytes` does not count.
+        for _ in 0..8 {
+            let used = self.used_bytes().await?;
+            if used <= b.max_bytes {
+                break;
+            }
+            let (rows, _) = self.outbox_depth().await?;
+            if rows == 0 {
+                break;
+            }
+            let share = (used - b.max_bytes) as f64 / used as f64;
+            let n = ((rows as f64 * share).ceil() as i64 + 1).min(rows);
+            let q = match b.policy {
+                OutboxPolicy::DropOldest => {
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)"
+                }
+                OutboxPolicy::DropNewest => {
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq DESC LIMIT ?)"
+                }
+            };
+            t.bytes += sqlx::query(q)
+                .bind(n)
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
-        Ok(by_age + by_rows)
+        }
+        Ok(t)
+    }
+
+    /// Bytes of the store file holding data (pages in use, not the free list).
+    pub async fn used_bytes(&self) -> Result<u64, StoreError> {
+        let pragma = |name: &'static str| {
+            let pool = self.pool.clone();
+            async move {
+                let v: i64 = sqlx::query_scalar(name).fetch_one(&pool).await?;
+                Ok::<u64, StoreError>(u64::try_from(v).unwrap_or(0))
+            }
+        };
+        let pages = pragma("PRAGMA page_count").await?;
+        let free = pragma("PRAGMA freelist_count").await?;
+        let size = pragma("PRAGMA page_size").await?;
+        Ok(pages.saturating_sub(free) * size)
+    }
+}
+
+/// The outbox's bounds, as [`Store::trim_outbox`] applies them.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxBounds {
+    /// Samples older than this (ms since the epoch) are dropped.
+    pub oldest_ms: i64,
+    /// Most rows.
+    pub max_rows: u64,
+    /// Most bytes of the file in use.
+    pub max_bytes: u64,
+    /// Which end goes at the row and byte bounds.
+    pub policy: OutboxPolicy,
+}
+
+/// Rows [`Store::trim_outbox`] dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Older than `max_age_s`.
+    pub age: u64,
+    /// Past `max_rows`.
+    pub rows: u64,
+    /// Past `max_bytes`.
+    pub bytes: u64,
+}
+
+impl Trimmed {
+    /// All rows dropped.
+    pub fn total(&self) -> u64 {
+        self.age + self.rows + self.bytes
     }
 }
 
@@ -457,19 +545,85 @@ mod tests {
     async fn outbox_bounds_drop_the_oldest() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("b.db")).await.unwrap();
-        let samples: Vec<Sample> = (0..10)
-            .map(|i| Sample {
-                device: "d".into(),
-                property: "p".into(),
-                value: "v".into(),
-                ts: i * 1000,
-            })
-            .collect();
-        s.apply(&[], &samples).await.unwrap();
-        assert_eq!(s.trim_outbox(100, 2000).await.unwrap(), 2);
-        assert_eq!(s.trim_outbox(5, 0).await.unwrap(), 3);
+        s.apply(&[], &samples(0..10, 1)).await.unwrap();
+        let bounds = |oldest_ms, max_rows| OutboxBounds {
+            oldest_ms,
+            max_rows,
+            max_bytes: u64::MAX,
+            policy: OutboxPolicy::DropOldest,
+        };
+        let t = s.trim_outbox(&bounds(2000, 100)).await.unwrap();
+        assert_eq!((t.age, t.rows, t.bytes), (2, 0, 0));
+        assert_eq!(s.trim_outbox(&bounds(0, 5)).await.unwrap().rows, 3);
         let (n, oldest) = s.outbox_depth().await.unwrap();
         assert_eq!((n, oldest), (5, Some(5000)));
+    }
+
+    fn samples(ts: std::ops::Range<i64>, bytes: usize) -> Vec<Sample> {
+        ts.map(|i| Sample {
+            device: "d".into(),
+            property: "p".into(),
+            value: "v".repeat(bytes),
+            ts: i * 1000,
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn drop_newest_keeps_the_start_of_an_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("n.db")).await.unwrap();
+        s.apply(&[], &samples(0..10, 1)).await.unwrap();
+        let b = OutboxBounds {
+            oldest_ms: 0,
+            max_rows: 4,
+            max_bytes: u64::MAX,
+            policy: OutboxPolicy::DropNewest,
+        };
+        assert_eq!(s.trim_outbox(&b).await.unwrap().rows, 6);
+        let seqs: Vec<i64> = s
+            .outbox_after(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_trims_until_the_file_fits() {
+        for policy in [OutboxPolicy::DropOldest, OutboxPolicy::DropNewest] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Store::open(&dir.path().join("bytes.db")).await.unwrap();
+            // 2,000 samples of 1 KB: about 2 MB of pages.
+            s.apply(&[], &samples(0..2000, 1000)).await.unwrap();
+            let before = s.used_bytes().await.unwrap();
+            assert!(before > 2_000_000, "{before}");
+            let b = OutboxBounds {
+                oldest_ms: 0,
+                max_rows: u64::MAX,
+                max_bytes: 1_000_000,
+                policy,
+            };
+            let t = s.trim_outbox(&b).await.unwrap();
+            let after = s.used_bytes().await.unwrap();
+            assert!(after <= 1_000_000, "{policy:?}: {after} bytes in use");
+            let rows = s.outbox_after(0, 10_000).await.unwrap();
+            assert!(
+                t.bytes > 900 && !rows.is_empty(),
+                "{policy:?}: dropped {}",
+                t.bytes
+            );
+            assert_eq!(rows.len() as u64 + t.bytes, 2000);
+            // The rows kept are one contiguous end of the sequence.
+            let (first, last) = (rows[0].seq, rows[rows.len() - 1].seq);
+            assert_eq!(last - first + 1, rows.len() as i64);
+            match policy {
+                OutboxPolicy::DropOldest => assert_eq!(last, 2000),
+                OutboxPolicy::DropNewest => assert_eq!(first, 1),
+            }
+        }
     }
 
     #[tokio::test]

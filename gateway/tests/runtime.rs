@@ -73,9 +73,20 @@ async fn restarts_from_its_store_alone() {
     assert_eq!(sp.desired, Some(device_models::Value::Int(2400)));
 }
 
+/// `GET path` on the gateway's metrics listener: the whole response.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_healthz() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
@@ -84,15 +95,7 @@ async fn metrics_and_healthz() {
         .await
         .unwrap();
     let addr = gw.metrics.unwrap();
-    let get = |path: &'static str| async move {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.unwrap();
-        body
-    };
+    let get = |path: &'static str| http_get(addr, path);
     assert!(get("/healthz").await.ends_with("ok\n"));
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -123,6 +126,58 @@ async fn metrics_and_healthz() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = gw.shutdown.send(true);
+}
+
+/// A gateway that restarts on an outbox over its bounds trims it at once, by the configured
+/// policy, and says so in `ballast_outbox_dropped_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_bounds_apply_at_start_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.outbox.max_rows = 10;
+    cfg.outbox.policy = gateway::config::OutboxPolicy::DropNewest;
+    {
+        let store = gateway::store::Store::open(&cfg.db_path()).await.unwrap();
+        let now = mappers::now_ms();
+        let samples: Vec<gateway::store::Sample> = (0..50)
+            .map(|i| gateway::store::Sample {
+                device: "rig7/pump-p201".into(),
+                property: "speed".into(),
+                value: i.to_string(),
+                ts: now + i,
+            })
+            .collect();
+        store.apply(&[], &samples).await.unwrap();
+    }
+    let gw = gateway::runtime::start(&cfg, Vec::new()).await.unwrap();
+    let addr = gw.metrics.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = http_get(addr, "/metrics").await;
+        assert!(
+            m.contains("ballast_outbox_dropped_total{reason=\"age\"} 0"),
+            "{m}"
+        );
+        if m.contains("ballast_outbox_dropped_total{reason=\"rows\"} 40") {
+            assert!(m.contains("ballast_outbox_depth_rows 10"), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no trim counted: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = gw.shutdown.send(true);
+    let _ = gw.task.await;
+    // drop_newest: the first ten samples are the ones kept.
+    let store = gateway::store::Store::open(&cfg.db_path()).await.unwrap();
+    let kept: Vec<String> = store
+        .outbox_after(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.sample.value)
+        .collect();
+    assert_eq!(kept, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
