@@ -48,6 +48,8 @@ pub struct Stats {
     pub store_errors: AtomicU64,
     /// Mapper tasks started (at start and by reloads).
     pub mapper_starts: AtomicU64,
+    /// Mappers given new properties in place (by reloads that changed only properties).
+    pub mapper_reconfigures: AtomicU64,
     /// Reloads applied.
     pub reloads: AtomicU64,
     /// Outbox samples dropped at its bounds, by reason: age, rows, bytes.
@@ -370,7 +372,11 @@ pub type MetricsMap = Arc<std::sync::Mutex<BTreeMap<String, Arc<mappers::Metrics
 #[derive(Debug)]
 pub struct Slot {
     fingerprint: u64,
+    /// Of the device's protocol settings alone: while it stays, a changed device is
+    /// reconfigured in place instead of restarted.
+    protocol: u64,
     writes: mpsc::Sender<WriteRequest>,
+    reconfigure: mpsc::Sender<Mapper>,
     stop: watch::Sender<bool>,
 }
 
@@ -403,6 +409,7 @@ impl Spawner {
         let m = Mapper::build(d, &self.links, &self.opts)?;
         let (wtx, wrx) = mpsc::channel(32);
         let (stop, stop_rx) = watch::channel(false);
+        let (rtx, rrx) = mpsc::channel(1);
         self.metrics
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -411,19 +418,44 @@ impl Spawner {
             events: self.events.clone(),
             writes: wrx,
             shutdown: stop_rx,
+            reconfigure: rrx,
         }));
         self.stats.mapper_starts.fetch_add(1, Ordering::Relaxed);
         Ok(Slot {
             fingerprint: fingerprint(d),
+            protocol: fnv(&format!("{:?}", d.protocol)),
             writes: wtx,
+            reconfigure: rtx,
             stop,
         })
     }
+
+    /// Hands a changed device's new properties to its running mapper, when only properties
+    /// changed; `false` when it needs a restart (protocol settings changed, the mapper cannot
+    /// be built, or it is not taking new settings).
+    fn reconfigure(&self, slot: &mut Slot, d: &DeviceConfig) -> bool {
+        if slot.protocol != fnv(&format!("{:?}", d.protocol)) {
+            return false;
+        }
+        let Ok(m) = Mapper::build(d, &self.links, &self.opts) else {
+            return false;
+        };
+        if slot.reconfigure.try_send(m).is_err() {
+            return false;
+        }
+        slot.fingerprint = fingerprint(d);
+        self.stats
+            .mapper_reconfigures
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
 }
 
-/// Applies a new set of device configs: removed devices stop, new ones start, changed ones
-/// restart (their Modbus connection stays, it belongs to the link), unchanged ones are not
-/// touched. Returns the ids started or restarted.
+/// Applies a new set of device configs: removed devices stop, new ones start, devices whose
+/// properties alone changed are reconfigured in place (their mapper keeps running: connection,
+/// port, metrics, health), devices whose protocol settings changed restart (a Modbus connection
+/// stays, it belongs to the link), unchanged ones are not touched. Returns the ids started,
+/// reconfigured or restarted.
 async fn reload(
     slots: &mut BTreeMap<String, Slot>,
     spawner: &Spawner,
@@ -459,6 +491,14 @@ async fn reload(
         {
             continue;
         }
+        // Only properties changed: the running mapper takes them, keeping its connection.
+        if let Some(slot) = slots.get_mut(&d.id)
+            && spawner.reconfigure(slot, d)
+        {
+            changed.push(d.id.clone());
+            store_device(store, d).await;
+            continue;
+        }
         if let Some(old) = slots.remove(&d.id) {
             let _ = old.stop.send(true);
         }
@@ -471,19 +511,27 @@ async fn reload(
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .entry(d.id.clone())
                     .or_insert("unknown");
-                let body = serde_json::to_string(&d.device).unwrap_or_default();
-                let _ = store
-                    .put_object(
-                        &format!("Device/{}", d.id),
-                        &format!("{:x}", fnv(&body)),
-                        &body,
-                    )
-                    .await;
+                store_device(store, d).await;
             }
             Err(e) => tracing::error!(device = %d.id, error = %e, "device not started"),
         }
     }
     changed
+}
+
+/// Keeps the applied Device object in the store (edge autonomy: a restart without files runs it).
+async fn store_device(store: &Store, d: &DeviceConfig) {
+    let body = serde_json::to_string(&d.device).unwrap_or_default();
+    if let Err(e) = store
+        .put_object(
+            &format!("Device/{}", d.id),
+            &format!("{:x}", fnv(&body)),
+            &body,
+        )
+        .await
+    {
+        tracing::error!(device = %d.id, error = %e, "applied device not stored");
+    }
 }
 
 async fn carry_out(

@@ -258,8 +258,10 @@ async fn reload_restarts_only_what_changed() {
         assert!(Instant::now() < deadline, "new scale never applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Only the pump's mapper restarted; the wellhead's kept running; the TCP connection stayed.
-    assert_eq!(gw.stats.mapper_starts.load(Ordering::Relaxed), 3);
+    // A changed property does not restart its device: the pump's mapper took the new plan in
+    // place; nothing restarted; the TCP connection stayed.
+    assert_eq!(gw.stats.mapper_starts.load(Ordering::Relaxed), 2);
+    assert_eq!(gw.stats.mapper_reconfigures.load(Ordering::Relaxed), 1);
     assert_eq!(
         simulators::modbus::Stats::get(&sim.endpoint.stats.connections),
         1
@@ -277,13 +279,29 @@ async fn reload_restarts_only_what_changed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The same set again: nothing restarts.
-    gw.reload.send(devices).await.unwrap();
+    gw.reload.send(devices.clone()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while gw.stats.reloads.load(Ordering::Relaxed) < 2 {
         assert!(Instant::now() < deadline, "second reload not applied");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(gw.stats.mapper_starts.load(Ordering::Relaxed), 2);
+    // A changed protocol setting (the pump's timeout) needs a new mapper: only the pump's.
+    let pump = devices
+        .iter_mut()
+        .find(|d| d.id == "rig7/pump-p201")
+        .unwrap();
+    if let DeviceProtocol::Modbus(m) = &mut pump.protocol {
+        m.timeout = Duration::from_millis(750);
+    }
+    gw.reload.send(devices).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.stats.reloads.load(Ordering::Relaxed) < 3 {
+        assert!(Instant::now() < deadline, "third reload not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(gw.stats.mapper_starts.load(Ordering::Relaxed), 3);
+    assert_eq!(gw.stats.mapper_reconfigures.load(Ordering::Relaxed), 1);
     let _ = gw.shutdown.send(true);
 }
 

@@ -67,10 +67,13 @@ fn run_mappers(cfgs: &[DeviceConfig], links: &Links) -> Result<Fleet> {
         let m = Mapper::build(c, links, &MapperOptions::default())?;
         let (wtx, wrx) = mpsc::channel(4);
         writers.push(wtx);
+        // No reconfiguration here: the sender is dropped, the branch stays idle.
+        let (_, reconfigure) = mpsc::channel(1);
         tokio::spawn(m.run(MapperIo {
             events: etx.clone(),
             writes: wrx,
             shutdown: stop_rx.clone(),
+            reconfigure,
         }));
     }
     Ok(Fleet {

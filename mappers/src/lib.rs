@@ -153,6 +153,12 @@ pub struct MapperIo {
     pub writes: mpsc::Receiver<WriteRequest>,
     /// Becomes `true` to stop.
     pub shutdown: watch::Receiver<bool>,
+    /// New property settings for the running mapper: a mapper built from the device's changed
+    /// config, with the same protocol settings. The running mapper takes its properties (and,
+    /// for Modbus, its read plan) and keeps its connection, port, metrics and health; a mapper
+    /// of another kind is ignored (with a warning). The sender makes sure the protocol settings
+    /// are the same; a change of those needs a new mapper.
+    pub reconfigure: mpsc::Receiver<Mapper>,
 }
 
 /// Settings every mapper shares, with defaults.

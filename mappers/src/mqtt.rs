@@ -168,7 +168,7 @@ impl MqttMapper {
     }
 
     /// Runs until shutdown.
-    pub async fn run(self, mut io: MapperIo) {
+    pub async fn run(mut self, mut io: MapperIo) {
         let client_id = self
             .proto
             .client_id
@@ -198,6 +198,14 @@ impl MqttMapper {
                         return;
                     }
                 }
+                Some(new) = io.reconfigure.recv() => match new {
+                    // New JSON pointers and scaling; the broker session, metrics and health stay.
+                    crate::Mapper::Mqtt(new) => {
+                        self.props = new.props;
+                        tracing::info!(device = %self.id, "properties reconfigured");
+                    }
+                    _ => tracing::warn!(device = %self.id, "reconfiguration of another protocol ignored"),
+                },
                 Some(w) = io.writes.recv() => match self.command(&w) {
                     Err(outcome) => { self.finish_write(&io, w.id, w.property, outcome).await; }
                     Ok((topic, payload)) => match client.publish(topic, self.qos(), false, payload).await {

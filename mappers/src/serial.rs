@@ -173,7 +173,7 @@ impl SerialMapper {
     }
 
     /// Runs until shutdown.
-    pub async fn run(self, mut io: MapperIo) {
+    pub async fn run(mut self, mut io: MapperIo) {
         let mut attempts = 0u32;
         let mut health = None;
         loop {
@@ -223,7 +223,7 @@ impl SerialMapper {
 
     /// Serves one open port; returns why it ended (`None`: shutdown or nobody listening).
     async fn session(
-        &self,
+        &mut self,
         port: &mut tokio_serial::SerialStream,
         io: &mut MapperIo,
         health: &mut Option<Health>,
@@ -257,6 +257,14 @@ impl SerialMapper {
                         self.finish_write(io, id, property, WriteOutcome::Done { read_back: None }).await;
                     }
                 }
+                Some(new) = io.reconfigure.recv() => match new {
+                    // New fields and scaling; the open port, metrics and health stay.
+                    crate::Mapper::Serial(new) => {
+                        self.props = new.props;
+                        tracing::info!(device = %self.id, "properties reconfigured");
+                    }
+                    _ => tracing::warn!(device = %self.id, "reconfiguration of another protocol ignored"),
+                },
                 r = port.read(&mut chunk) => {
                     let n = match r {
                         Ok(0) => return Some("serial port closed".into()),

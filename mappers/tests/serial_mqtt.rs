@@ -234,3 +234,109 @@ async fn every_mapper_emits_the_same_metrics() {
 fn mosquitto() -> (simulators::testkit::KillOnDrop, u16) {
     simulators::testkit::mosquitto().unwrap()
 }
+
+/// `cfg` with `property`'s scale multiplied by `factor`.
+fn rescaled(
+    mut cfg: device_models::DeviceConfig,
+    property: &str,
+    factor: f64,
+) -> device_models::DeviceConfig {
+    use device_models::protocol::PropertyVisitor;
+    let p = cfg
+        .properties
+        .iter_mut()
+        .find(|p| p.name == property)
+        .unwrap();
+    match &mut p.visitor {
+        PropertyVisitor::Serial(v) => v.scaling.scale *= factor,
+        PropertyVisitor::Mqtt(v) => v.scaling.scale *= factor,
+        PropertyVisitor::Modbus(v) => v.scaling.scale *= factor,
+    }
+    cfg
+}
+
+/// Waits for a reading of `property` and returns it; panics on an offline health event (the
+/// mapper lost its port or broker session).
+async fn next_value(m: &mut common::Running, property: &str) -> f64 {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match m.next(left).await {
+            mappers::Event::Readings(r) => {
+                if let Some(r) = r.iter().find(|r| &*r.property == property) {
+                    return r.value.as_f64().unwrap();
+                }
+            }
+            mappers::Event::Health { health, reason, .. } => {
+                assert_ne!(health, Health::Offline, "went offline: {reason}");
+            }
+            mappers::Event::Write { .. } => {}
+        }
+    }
+}
+
+/// New property settings reach a running serial or MQTT mapper in place: the new scale applies,
+/// the port or broker session is not dropped (no offline event), and the running mapper's own
+/// metrics go on counting (a restarted mapper would count in a new metrics object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_change_in_place() {
+    let set = platform();
+    // Serial flowmeter on a pty.
+    let cfg = device(&set, "rig7/flowmeter-ft310");
+    let inst = Instrument::new(&cfg, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyFT310");
+    let _sim = flowmeter_at(&link, &inst);
+    let cfg = at_port(cfg, link.to_str().unwrap());
+    let mut m = start(Mapper::build(&cfg, &Links::default(), &options()).unwrap());
+    m.health(Health::Online, T).await;
+    let before = next_value(&mut m, "flow-rate").await;
+    assert!(before < 10_000.0, "{before}");
+    let new = Mapper::build(
+        &rescaled(cfg, "flow-rate", 1000.0),
+        &Links::default(),
+        &options(),
+    );
+    m.reconfigure.send(new.unwrap()).await.unwrap();
+    let counted = Metrics::get(&m.metrics.readings);
+    let deadline = std::time::Instant::now() + T;
+    while next_value(&mut m, "flow-rate").await < 10_000.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new scale not applied"
+        );
+    }
+    let _ = next_value(&mut m, "flow-rate").await;
+    assert!(Metrics::get(&m.metrics.readings) > counted);
+
+    // MQTT gas detector on mosquitto.
+    let (_broker, port) = mosquitto();
+    let cfg = device(&set, "rig7/gas-gd101");
+    let dev = simulators::mqtt::MqttDevice::new(&cfg, 1).unwrap();
+    let _sim = AbortOnDrop(tokio::spawn(simulators::mqtt::run(
+        dev,
+        "127.0.0.1".into(),
+        port,
+        Duration::from_millis(100),
+    )));
+    let opts = MapperOptions {
+        embedded_broker: Some(("127.0.0.1".into(), port)),
+        ..options()
+    };
+    let mut m = start(Mapper::build(&cfg, &Links::default(), &opts).unwrap());
+    m.health(Health::Online, T).await;
+    let before = next_value(&mut m, "h2s").await;
+    assert!(before < 50.0, "{before}");
+    let new = Mapper::build(&rescaled(cfg, "h2s", 1000.0), &Links::default(), &opts);
+    m.reconfigure.send(new.unwrap()).await.unwrap();
+    let counted = Metrics::get(&m.metrics.readings);
+    let deadline = std::time::Instant::now() + T;
+    while next_value(&mut m, "h2s").await < 50.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new scale not applied"
+        );
+    }
+    let _ = next_value(&mut m, "h2s").await;
+    assert!(Metrics::get(&m.metrics.readings) > counted);
+}

@@ -194,13 +194,19 @@ impl ModbusMapper {
         let mut health: Option<Health> = None;
         loop {
             let Some((gi, due)) = next.iter().copied().enumerate().min_by_key(|(_, t)| *t) else {
-                // No property to poll: serve writes until shutdown.
+                // No property to poll: serve writes (and new properties) until shutdown.
                 tokio::select! {
                     _ = io.shutdown.changed() => return,
                     w = io.writes.recv() => match w {
                         Some(w) => self.write(&link, w, &io).await,
                         None => return,
                     },
+                    Some(crate::Mapper::Modbus(new)) = io.reconfigure.recv() => {
+                        self.props = new.props;
+                        self.groups = new.groups;
+                        let now = Instant::now();
+                        next = self.groups.iter().map(|_| now).collect();
+                    }
                 }
                 continue;
             };
@@ -212,6 +218,17 @@ impl ModbusMapper {
                     }
                 }
                 Some(w) = io.writes.recv() => self.write(&link, w, &io).await,
+                Some(new) = io.reconfigure.recv() => match new {
+                    crate::Mapper::Modbus(new) => {
+                        // New properties and read plan; the link, metrics and health stay.
+                        self.props = new.props;
+                        self.groups = new.groups;
+                        let now = Instant::now();
+                        next = self.groups.iter().map(|_| now).collect();
+                        tracing::info!(device = %self.id, reads = self.requests_per_cycle(), "properties reconfigured");
+                    }
+                    _ => tracing::warn!(device = %self.id, "reconfiguration of another protocol ignored"),
+                },
                 () = tokio::time::sleep_until(due) => {
                     let (readings, h, reason, split) = self.poll(&link, &self.groups[gi]).await;
                     if !split.is_empty() {

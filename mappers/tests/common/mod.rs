@@ -54,6 +54,8 @@ pub fn at_port(mut cfg: DeviceConfig, path: &str) -> DeviceConfig {
 pub struct Running {
     pub events: mpsc::Receiver<Event>,
     pub writes: mpsc::Sender<WriteRequest>,
+    /// New property settings for the running mapper.
+    pub reconfigure: mpsc::Sender<Mapper>,
     pub metrics: std::sync::Arc<mappers::Metrics>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -70,15 +72,18 @@ pub fn start(mapper: Mapper) -> Running {
     let (etx, erx) = mpsc::channel(1024);
     let (wtx, wrx) = mpsc::channel(16);
     let (stx, srx) = watch::channel(false);
+    let (rtx, rrx) = mpsc::channel(1);
     let metrics = mapper.metrics();
     let task = tokio::spawn(mapper.run(MapperIo {
         events: etx,
         writes: wrx,
         shutdown: srx,
+        reconfigure: rrx,
     }));
     Running {
         events: erx,
         writes: wtx,
+        reconfigure: rtx,
         metrics,
         shutdown: stx,
         task,
