@@ -376,7 +376,7 @@ pub struct Slot {
     /// reconfigured in place instead of restarted.
     protocol: u64,
     writes: mpsc::Sender<WriteRequest>,
-    reconfigure: mpsc::Sender<Mapper>,
+    reconfigure: mpsc::Sender<Box<Mapper>>,
     stop: watch::Sender<bool>,
 }
 
@@ -440,7 +440,7 @@ impl Spawner {
         let Ok(m) = Mapper::build(d, &self.links, &self.opts) else {
             return false;
         };
-        if slot.reconfigure.try_send(m).is_err() {
+        if slot.reconfigure.try_send(Box::new(m)).is_err() {
             return false;
         }
         slot.fingerprint = fingerprint(d);

@@ -158,7 +158,8 @@ pub struct MapperIo {
     /// for Modbus, its read plan) and keeps its connection, port, metrics and health; a mapper
     /// of another kind is ignored (with a warning). The sender makes sure the protocol settings
     /// are the same; a change of those needs a new mapper.
-    pub reconfigure: mpsc::Receiver<Mapper>,
+    /// (Boxed: a channel's first block holds 32 slots, and a `Mapper` is large.)
+    pub reconfigure: mpsc::Receiver<Box<Mapper>>,
 }
 
 /// Settings every mapper shares, with defaults.

@@ -198,7 +198,7 @@ impl MqttMapper {
                         return;
                     }
                 }
-                Some(new) = io.reconfigure.recv() => match new {
+                Some(new) = io.reconfigure.recv() => match *new {
                     // New JSON pointers and scaling; the broker session, metrics and health stay.
                     crate::Mapper::Mqtt(new) => {
                         self.props = new.props;

@@ -257,7 +257,7 @@ impl SerialMapper {
                         self.finish_write(io, id, property, WriteOutcome::Done { read_back: None }).await;
                     }
                 }
-                Some(new) = io.reconfigure.recv() => match new {
+                Some(new) = io.reconfigure.recv() => match *new {
                     // New fields and scaling; the open port, metrics and health stay.
                     crate::Mapper::Serial(new) => {
                         self.props = new.props;

@@ -109,18 +109,17 @@ async fn serial_garbage_makes_the_instrument_unhealthy() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_device_readings_commands_and_bad_payloads() {
-    let (_broker, port) = mosquitto();
-    let set = platform();
-    let cfg = device(&set, "rig7/gas-gd101");
-    let dev = simulators::mqtt::MqttDevice::new(&cfg, 1).unwrap();
-    dev.set_faults(simulators::mqtt::MqttFaults {
-        garbage_every: Some(3),
-        ..Default::default()
-    });
-    let _sim = AbortOnDrop(tokio::spawn(simulators::mqtt::run(
-        dev.clone(),
+/// The gas detector's simulator publishing every 100 ms on the broker at `port`, and mapper
+/// options that point the embedded broker there.
+fn gas_detector_on(
+    cfg: &device_models::DeviceConfig,
+    port: u16,
+    faults: simulators::mqtt::MqttFaults,
+) -> (AbortOnDrop, MapperOptions) {
+    let dev = simulators::mqtt::MqttDevice::new(cfg, 1).unwrap();
+    dev.set_faults(faults);
+    let sim = AbortOnDrop(tokio::spawn(simulators::mqtt::run(
+        dev,
         "127.0.0.1".into(),
         port,
         Duration::from_millis(100),
@@ -129,6 +128,19 @@ async fn mqtt_device_readings_commands_and_bad_payloads() {
         embedded_broker: Some(("127.0.0.1".into(), port)),
         ..options()
     };
+    (sim, opts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_device_readings_commands_and_bad_payloads() {
+    let (_broker, port) = mosquitto();
+    let set = platform();
+    let cfg = device(&set, "rig7/gas-gd101");
+    let faults = simulators::mqtt::MqttFaults {
+        garbage_every: Some(3),
+        ..Default::default()
+    };
+    let (_sim, opts) = gas_detector_on(&cfg, port, faults);
     let mut m = start(Mapper::build(&cfg, &Links::default(), &opts).unwrap());
     m.health(Health::Online, T).await;
     let r = m.readings(T).await;
@@ -205,17 +217,7 @@ async fn every_mapper_emits_the_same_metrics() {
     // MQTT.
     let (_broker, port) = mosquitto();
     let gas = device(&set, "rig7/gas-gd101");
-    let dev = simulators::mqtt::MqttDevice::new(&gas, 1).unwrap();
-    let _m = AbortOnDrop(tokio::spawn(simulators::mqtt::run(
-        dev,
-        "127.0.0.1".into(),
-        port,
-        Duration::from_millis(100),
-    )));
-    let opts = MapperOptions {
-        embedded_broker: Some(("127.0.0.1".into(), port)),
-        ..options()
-    };
+    let (_m, opts) = gas_detector_on(&gas, port, Default::default());
     let mut mqtt = start(Mapper::build(&gas, &Links::default(), &opts).unwrap());
     let names = |m: &Metrics| m.snapshot().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
     for r in [&mut modbus, &mut serial, &mut mqtt] {
@@ -290,53 +292,37 @@ async fn properties_change_in_place() {
     let cfg = at_port(cfg, link.to_str().unwrap());
     let mut m = start(Mapper::build(&cfg, &Links::default(), &options()).unwrap());
     m.health(Health::Online, T).await;
-    let before = next_value(&mut m, "flow-rate").await;
-    assert!(before < 10_000.0, "{before}");
     let new = Mapper::build(
         &rescaled(cfg, "flow-rate", 1000.0),
         &Links::default(),
         &options(),
     );
-    m.reconfigure.send(new.unwrap()).await.unwrap();
-    let counted = Metrics::get(&m.metrics.readings);
-    let deadline = std::time::Instant::now() + T;
-    while next_value(&mut m, "flow-rate").await < 10_000.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "new scale not applied"
-        );
-    }
-    let _ = next_value(&mut m, "flow-rate").await;
-    assert!(Metrics::get(&m.metrics.readings) > counted);
+    takes_in_place(&mut m, new.unwrap(), "flow-rate", 10_000.0).await;
 
     // MQTT gas detector on mosquitto.
     let (_broker, port) = mosquitto();
     let cfg = device(&set, "rig7/gas-gd101");
-    let dev = simulators::mqtt::MqttDevice::new(&cfg, 1).unwrap();
-    let _sim = AbortOnDrop(tokio::spawn(simulators::mqtt::run(
-        dev,
-        "127.0.0.1".into(),
-        port,
-        Duration::from_millis(100),
-    )));
-    let opts = MapperOptions {
-        embedded_broker: Some(("127.0.0.1".into(), port)),
-        ..options()
-    };
+    let (_sim, opts) = gas_detector_on(&cfg, port, Default::default());
     let mut m = start(Mapper::build(&cfg, &Links::default(), &opts).unwrap());
     m.health(Health::Online, T).await;
-    let before = next_value(&mut m, "h2s").await;
-    assert!(before < 50.0, "{before}");
     let new = Mapper::build(&rescaled(cfg, "h2s", 1000.0), &Links::default(), &opts);
-    m.reconfigure.send(new.unwrap()).await.unwrap();
+    takes_in_place(&mut m, new.unwrap(), "h2s", 50.0).await;
+}
+
+/// `property` reads below `threshold`; after `new` (×1000 on that property) is sent, it reads
+/// above, and the running mapper's metrics went on counting.
+async fn takes_in_place(m: &mut common::Running, new: Mapper, property: &str, threshold: f64) {
+    let before = next_value(m, property).await;
+    assert!(before < threshold, "{before}");
+    m.reconfigure.send(Box::new(new)).await.unwrap();
     let counted = Metrics::get(&m.metrics.readings);
     let deadline = std::time::Instant::now() + T;
-    while next_value(&mut m, "h2s").await < 50.0 {
+    while next_value(m, property).await < threshold {
         assert!(
             std::time::Instant::now() < deadline,
             "new scale not applied"
         );
     }
-    let _ = next_value(&mut m, "h2s").await;
+    let _ = next_value(m, property).await;
     assert!(Metrics::get(&m.metrics.readings) > counted);
 }

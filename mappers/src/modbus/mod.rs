@@ -201,7 +201,7 @@ impl ModbusMapper {
                         Some(w) => self.write(&link, w, &io).await,
                         None => return,
                     },
-                    Some(crate::Mapper::Modbus(new)) = io.reconfigure.recv() => {
+                    Some(new) = io.reconfigure.recv() => if let crate::Mapper::Modbus(new) = *new {
                         self.props = new.props;
                         self.groups = new.groups;
                         let now = Instant::now();
@@ -218,7 +218,7 @@ impl ModbusMapper {
                     }
                 }
                 Some(w) = io.writes.recv() => self.write(&link, w, &io).await,
-                Some(new) = io.reconfigure.recv() => match new {
+                Some(new) = io.reconfigure.recv() => match *new {
                     crate::Mapper::Modbus(new) => {
                         // New properties and read plan; the link, metrics and health stay.
                         self.props = new.props;

@@ -55,7 +55,7 @@ pub struct Running {
     pub events: mpsc::Receiver<Event>,
     pub writes: mpsc::Sender<WriteRequest>,
     /// New property settings for the running mapper.
-    pub reconfigure: mpsc::Sender<Mapper>,
+    pub reconfigure: mpsc::Sender<Box<Mapper>>,
     pub metrics: std::sync::Arc<mappers::Metrics>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
