@@ -65,6 +65,21 @@ pub async fn render(src: &Sources) -> String {
             "Batches the store refused.",
             g(&s.store_errors),
         ),
+        (
+            "ballast_reloads_total",
+            "Device file reloads applied.",
+            g(&s.reloads),
+        ),
+        (
+            "ballast_mapper_starts_total",
+            "Mapper tasks started (at start, for new devices, and for protocol changes).",
+            g(&s.mapper_starts),
+        ),
+        (
+            "ballast_mapper_reconfigures_total",
+            "Running mappers given new properties in place by a reload.",
+            g(&s.mapper_reconfigures),
+        ),
     ] {
         let _ = writeln!(
             out,

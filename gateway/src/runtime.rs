@@ -1,10 +1,10 @@
 //! The running gateway: store, broker, one mapper task per device, and the twin owner loop.
 //!
 //! Data path: mappers → bounded events channel → the owner loop, which drains events in
-//! batches (readings wait up to 50 ms for others: group commit), runs the twin logic, commits the
-//! batch to SQLite in one transaction, and only then
-//! publishes telemetry and twin messages on the embedded broker. MQTT requests arrive on an
-//! in-process broker link and go through the same owner.
+//! batches (readings wait up to 50 ms for others: group commit), runs the twin logic, commits
+//! the batch to SQLite in one transaction, and only then publishes telemetry and twin messages
+//! on the embedded broker. MQTT requests arrive on an in-process broker link and go through the
+//! same owner.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -103,6 +103,10 @@ async fn metrics_and_healthz() {
         let m = get("/metrics").await;
         assert!(m.contains("# TYPE ballast_readings_total counter"), "{m}");
         assert!(m.contains("ballast_outbox_depth_rows "), "{m}");
+        // The six devices of the platform started, no reload yet.
+        assert!(m.contains("ballast_mapper_starts_total 6"), "{m}");
+        assert!(m.contains("ballast_reloads_total 0"), "{m}");
+        assert!(m.contains("ballast_mapper_reconfigures_total 0"), "{m}");
         assert!(m.contains("ballast_broker_clients "), "{m}");
         assert!(
             m.contains("ballast_cloud_link_state{state=\"not_configured\"} 1"),
