@@ -118,7 +118,7 @@ pub async fn render(src: &Sources) -> String {
         let age = oldest.map_or(0.0, |ts| ((mappers::now_ms() - ts).max(0) as f64) / 1000.0);
         let _ = writeln!(
             out,
-            "# HELP ballast_outbox_oldest_age_seconds Age of the oldest outbox sample.\n# TYPE ballast_outbox_oldest_age_seconds gauge\nballast_outbox_oldest_age_seconds {age}"
+            "# HELP ballast_outbox_oldest_age_seconds Age of the first sample waiting in the outbox (by sequence).\n# TYPE ballast_outbox_oldest_age_seconds gauge\nballast_outbox_oldest_age_seconds {age}"
         );
     }
     let states = src
