@@ -306,15 +306,8 @@ fn kill_9_loses_no_acknowledged_sample() {
             ));
         }
     }
-    // kill -9, mid-burst.
-    let pid = gw.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    // kill -9 (SIGKILL), mid-burst.
+    gw.0.kill().unwrap();
     let _ = gw.0.wait();
     let db = dir.path().join("ballast.db");
     let rows = tokio::runtime::Runtime::new().unwrap().block_on(async {

@@ -39,13 +39,21 @@ fn readme_has_two_commands_and_ci_runs_the_second() {
 }
 
 /// The demo's process group: interrupted (like Ctrl-C) and waited for when dropped.
+///
+/// Through killpg(2), not `kill -INT -PGID`: procps' kill reads `-12345` as the option `-1`
+/// followed by digits and signals process group 1 (a pgid starting with 3 went to group 3, and
+/// one starting with 1 to every process on the machine, which is how an earlier version of this
+/// test interrupted CI). Checked with strace: `kill -INT -12345` makes the call kill(-1, SIGINT).
 struct Demo(std::process::Child);
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &format!("-{}", self.0.id())])
-            .status();
+        if let Ok(pgid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
         let _ = self.0.wait();
     }
 }
