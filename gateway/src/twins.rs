@@ -318,6 +318,12 @@ impl Twins {
         a
     }
 
+    /// The 404 answer to a request for a device this node does not have.
+    fn no_device(&self, topic: String, event_id: &str, now_ms: i64, id: &str) -> Actions {
+        let reason = format!("no device {id} on node {}", self.node);
+        self.error(topic, event_id, now_ms, 404, reason)
+    }
+
     fn error(
         &self,
         topic: String,
@@ -390,13 +396,7 @@ impl Twins {
                     Err(e) => return self.error(result_topic, "", now_ms, e.code(), e.to_string()),
                 };
                 let Some(dev) = self.devices.get(&id) else {
-                    return self.error(
-                        result_topic,
-                        &req.event_id,
-                        now_ms,
-                        404,
-                        format!("no device {id} on node {}", self.node),
-                    );
+                    return self.no_device(result_topic, &req.event_id, now_ms, &id);
                 };
                 let r = TwinResult {
                     base: BaseMessage {
@@ -443,13 +443,7 @@ impl Twins {
                     );
                 };
                 let Some(dev) = self.devices.get_mut(&id) else {
-                    return self.error(
-                        result_topic,
-                        &ev,
-                        now_ms,
-                        404,
-                        format!("no device {id} on node {}", self.node),
-                    );
+                    return self.no_device(result_topic, &ev, now_ms, &id);
                 };
                 dev.state = state;
                 let r = payload::DeviceStateUpdate {
@@ -476,13 +470,7 @@ impl Twins {
         };
         let ev = update.base.event_id.clone();
         let Some(dev) = self.devices.get(id) else {
-            return self.error(
-                result_topic,
-                &ev,
-                now_ms,
-                404,
-                format!("no device {id} on node {}", self.node),
-            );
+            return self.no_device(result_topic, &ev, now_ms, id);
         };
         // Check everything first: a request is applied whole or not at all.
         for (name, t) in &update.twin {

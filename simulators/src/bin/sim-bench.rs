@@ -178,28 +178,11 @@ fn proc_kb(pid: u32, key: &str) -> Result<u64> {
 }
 
 async fn fleet(plcs: usize, tags: usize, period: Duration, secs: u64) -> Result<()> {
-    use tokio::io::AsyncBufReadExt;
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "serve-fleet",
-            "--plcs",
-            &plcs.to_string(),
-            "--tags",
-            &tags.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    // This very binary, in its serve-fleet mode, as the benches start it.
+    let (mut child, ports) = simulators::testkit::serve_fleet(plcs, tags)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let pid = child.id().context("child pid")?;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let mut ports = Vec::new();
-    while let Some(l) = lines.next_line().await? {
-        if l == "ready" {
-            break;
-        }
-        ports.push(l.parse::<u16>()?);
-    }
     let dir = tempfile_dir()?;
     let set = simulators::fleet::generate(&dir, 1, tags, |_| ("127.0.0.1".into(), 502))?;
     let _ = std::fs::remove_dir_all(&dir);
