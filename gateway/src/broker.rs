@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
@@ -238,4 +239,41 @@ pub fn start(cfg: &BrokerConfig, link_names: &[&str]) -> Result<Embedded, Broker
         tls,
         links,
     })
+}
+
+/// Reads an in-process link until it closes or `tx` is dropped, handing on every publish as
+/// (client topic name, payload).
+///
+/// rumqttd pauses a link whose unread notifications reach its channel capacity (200), puts
+/// `Notification::Unschedule` behind them, and forwards nothing more until the link says it is
+/// ready again: its own network links do so, and so must ours. Without the `wake`, a burst of
+/// 200 requests read late (a loaded machine) left the gateway deaf to all later ones.
+/// `Ok(None)` is not the end either: rumqttd wakes the link once per batch, and a wake whose
+/// batch an earlier read already took yields nothing.
+pub async fn forward_link(mut link_rx: LinkRx, tx: tokio::sync::mpsc::Sender<(String, Vec<u8>)>) {
+    loop {
+        let n = match link_rx.next().await {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "broker link closed: MQTT requests are no longer read");
+                return;
+            }
+        };
+        match n {
+            Notification::Forward(f) => {
+                let topic = crate::front::outward(&String::from_utf8_lossy(&f.publish.topic));
+                if tx.send((topic, f.publish.payload.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Notification::Unschedule => {
+                if let Err(e) = link_rx.wake().await {
+                    tracing::error!(error = %e, "broker link closed: MQTT requests are no longer read");
+                    return;
+                }
+            }
+            _ => {}
+        }
+    }
 }

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use device_models::DeviceConfig;
 use mappers::modbus::Links;
 use mappers::{Event, Mapper, MapperIo, MapperOptions, WriteRequest};
-use rumqttd::Notification;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -129,7 +128,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
         mut links,
         ..
     } = broker::start(&cfg.broker, &[LINK])?;
-    let (mut link_tx, mut link_rx) = links
+    let (mut link_tx, link_rx) = links
         .remove(LINK)
         .ok_or_else(|| broker::BrokerError::Link(LINK.into(), "missing".into()))?;
     for filter in [
@@ -177,31 +176,7 @@ pub async fn start(cfg: &Config, devices: Vec<DeviceConfig>) -> Result<Running, 
 
     // MQTT requests: rumqttd's link is read on its own task and fed to the owner.
     let (req_tx, mut req_rx) = mpsc::channel::<(String, Vec<u8>)>(1024);
-    tokio::spawn(async move {
-        loop {
-            // `Ok(None)` is not the end: rumqttd wakes the link once per batch, and a wake whose
-            // batch an earlier read already took yields nothing. Stopping there (as this loop
-            // once did) left the gateway deaf to every later request.
-            let n = match link_rx.next().await {
-                Ok(Some(n)) => n,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "broker link closed: MQTT requests are no longer read");
-                    return;
-                }
-            };
-            if let Notification::Forward(f) = n {
-                let topic = crate::front::outward(&String::from_utf8_lossy(&f.publish.topic));
-                if req_tx
-                    .send((topic, f.publish.payload.to_vec()))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    });
+    tokio::spawn(broker::forward_link(link_rx, req_tx));
 
     let metrics = match cfg.metrics.listen {
         None => None,
