@@ -41,7 +41,14 @@ struct Prop {
     deadband: Option<f64>,
     report_cycle_ms: i64,
     twin: PropertyTwin,
+    /// When a write of the desired value last went to the mapper (never, since start: None).
+    written_ms: Option<i64>,
 }
+
+/// A desired value that readings show the device does not hold is written again at most this
+/// often (a device that restarted and lost its setpoint gets it back; one that refuses it is not
+/// hammered).
+pub const REWRITE_INTERVAL_MS: i64 = 10_000;
 
 #[derive(Debug, Clone)]
 struct Device {
@@ -80,6 +87,25 @@ fn json(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
 }
 
+/// Queues a write of `p`'s desired value when it is not reported.
+fn push_write(id: &str, name: &str, p: &mut Prop, next: &mut u64, now_ms: i64, a: &mut Actions) {
+    let Some(delta) = p.twin.delta() else {
+        return;
+    };
+    if let Ok(value) = Value::parse(p.ty, delta) {
+        a.writes.push((
+            id.to_string(),
+            WriteRequest {
+                id: *next,
+                property: name.to_string(),
+                value,
+            },
+        ));
+        *next += 1;
+        p.written_ms = Some(now_ms);
+    }
+}
+
 impl Twins {
     /// Twins for `devices` on `node`, starting from what the store had (`stored`, by device).
     pub fn new(
@@ -110,6 +136,7 @@ impl Twins {
                             deadband: deadband(&p.visitor),
                             report_cycle_ms: p.report_cycle.as_millis() as i64,
                             twin,
+                            written_ms: None,
                         },
                     )
                 })
@@ -171,30 +198,18 @@ impl Twins {
         }
         let ids: Vec<String> = self.devices.keys().cloned().collect();
         for id in ids {
-            self.push_pending_writes(&id, &mut a);
+            self.push_pending_writes(&id, now_ms, &mut a);
         }
         a
     }
 
-    fn push_pending_writes(&mut self, id: &str, a: &mut Actions) {
-        let Some(dev) = self.devices.get(id) else {
+    /// A write for every property of `id` whose desired value is not reported.
+    fn push_pending_writes(&mut self, id: &str, now_ms: i64, a: &mut Actions) {
+        let Some(dev) = self.devices.get_mut(id) else {
             return;
         };
-        for (name, p) in &dev.props {
-            let Some(delta) = p.twin.delta() else {
-                continue;
-            };
-            if let Ok(value) = Value::parse(p.ty, delta) {
-                a.writes.push((
-                    id.to_string(),
-                    WriteRequest {
-                        id: self.next_write,
-                        property: name.clone(),
-                        value,
-                    },
-                ));
-                self.next_write += 1;
-            }
+        for (name, p) in &mut dev.props {
+            push_write(id, name, p, &mut self.next_write, now_ms, a);
         }
     }
 
@@ -248,8 +263,13 @@ impl Twins {
     pub fn on_readings(&mut self, readings: &[Reading], now_ms: i64) -> Actions {
         let mut a = Actions::default();
         let mut data: BTreeMap<String, DeviceData> = BTreeMap::new();
+        let Twins {
+            devices,
+            next_write,
+            ..
+        } = self;
         for r in readings {
-            let Some(dev) = self.devices.get_mut(&*r.device) else {
+            let Some(dev) = devices.get_mut(&*r.device) else {
                 continue;
             };
             let Some(p) = dev.props.get_mut(&*r.property) else {
@@ -279,6 +299,13 @@ impl Twins {
             }
             let v = set_reported(p.twin.reported.as_ref(), text.clone(), r.timestamp_ms);
             p.twin.reported = Some(v.clone());
+            // The device does not hold its desired value (it restarted, someone changed it at
+            // the panel, or the last write failed): write it again, but not on every reading.
+            if p.written_ms
+                .is_none_or(|t| now_ms - t >= REWRITE_INTERVAL_MS)
+            {
+                push_write(&r.device, &r.property, p, next_write, now_ms, &mut a);
+            }
             a.twins.push(TwinWrite {
                 device: r.device.to_string(),
                 property: r.property.to_string(),
@@ -593,7 +620,7 @@ impl Twins {
                 json(&TwinDelta { base, twin, delta }),
             ));
         }
-        self.push_pending_writes(id, &mut a);
+        self.push_pending_writes(id, now_ms, &mut a);
         a
     }
 }
@@ -694,6 +721,52 @@ mod tests {
         );
         let w = t.twins("rig7/wellhead-a07").unwrap();
         assert_eq!(w["choke-position"].delta(), None);
+    }
+
+    #[test]
+    fn a_device_that_loses_its_desired_value_gets_it_again_but_not_on_every_reading() {
+        const WH: &str = "rig7/wellhead-a07";
+        let choke_writes = |a: &Actions| {
+            a.writes
+                .iter()
+                .filter(|(d, w)| d == WH && w.property == "choke-position")
+                .map(|(_, w)| w.value.clone())
+                .collect::<Vec<_>>()
+        };
+        let choke = |t: &mut Twins, v: f64, ts: i64| {
+            t.on_readings(&[reading(WH, "choke-position", Value::Float(v), ts)], ts)
+        };
+        let (mut t, devs) = twins();
+        assert_eq!(
+            choke_writes(&t.apply_file_desired(&devs, 1)),
+            [Value::Float(35.0)]
+        );
+        assert!(choke_writes(&choke(&mut t, 35.0, 2)).is_empty());
+        // The PLC restarts with the choke at 30: written again, at most once per interval.
+        assert!(choke_writes(&choke(&mut t, 30.0, 5_000)).is_empty());
+        assert_eq!(
+            choke_writes(&choke(&mut t, 29.0, 10_001)),
+            [Value::Float(35.0)]
+        );
+        assert!(choke_writes(&choke(&mut t, 28.0, 12_000)).is_empty());
+        assert_eq!(
+            choke_writes(&choke(&mut t, 27.0, 20_001)),
+            [Value::Float(35.0)]
+        );
+        // Held again: nothing more to write.
+        assert!(choke_writes(&choke(&mut t, 35.0, 40_000)).is_empty());
+        // A gateway restarted from its store (desired = reported = 35) finds a device that lost
+        // the value: the first reading that shows it brings a write at once.
+        let stored = t.ids().into_iter().map(|id| {
+            let tw = t.twins(&id).unwrap_or_default();
+            (id, tw)
+        });
+        let mut t = Twins::new("rig7-edge", &devs, stored.collect());
+        assert!(choke_writes(&t.apply_file_desired(&devs, 50_000)).is_empty());
+        assert_eq!(
+            choke_writes(&choke(&mut t, 0.0, 50_100)),
+            [Value::Float(35.0)]
+        );
     }
 
     #[test]
