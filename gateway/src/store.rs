@@ -34,6 +34,9 @@ pub enum StoreError {
         /// Known here.
         known: i64,
     },
+    /// A batch did not go in as written (a bug, or the file changed behind the gateway's back).
+    #[error("batch not stored as written: {0}")]
+    Batch(String),
 }
 
 /// Migrations, in order; the schema version is the number applied.
@@ -216,70 +219,72 @@ impl Store {
         twins: &[TwinWrite],
         samples: &[Sample],
     ) -> Result<Vec<i64>, StoreError> {
-        // Multi-row statements: one statement per chunk, not per row (sqlx runs each statement
-        // through its SQLite worker thread, which costs far more than SQLite itself). Chunks have
-        // a few fixed sizes (`pow2_chunks`), so the statements are prepared once and cached
-        // instead of parsed for every batch (the parse was an eighth of P4's time).
-        const TWIN_ROWS: usize = 128;
-        const SAMPLE_ROWS: usize = 256;
+        // One statement per table and side, whatever the batch size: the rows travel as one JSON
+        // array bound as a single parameter and SQLite unpacks them (`json_each`) on the store's
+        // worker thread. sqlx hands every bound value and every statement to that thread; binding
+        // seven values a row cost the caller's thread more than SQLite's whole insert. The SQL
+        // text is fixed, so each statement is prepared once and cached.
         let mut tx = self.pool.begin().await?;
-        // Only the newest write of a (device, property, side) in a batch matters.
-        let mut last: BTreeMap<(&str, &str, bool), &TwinWrite> = BTreeMap::new();
-        for t in twins {
-            last.insert((&t.device, &t.property, t.which == Which::Desired), t);
-        }
-        for which in [Which::Desired, Which::Reported] {
-            let rows: Vec<&TwinWrite> = last
-                .values()
-                .copied()
+        // Several writes of one (device, property, side) in a batch: SQLite upserts the rows in
+        // array order, so the newest is what stays.
+        for (which, sql) in [
+            (Which::Desired, UPSERT_DESIRED),
+            (Which::Reported, UPSERT_REPORTED),
+        ] {
+            let rows: Vec<_> = twins
+                .iter()
                 .filter(|t| t.which == which)
+                .map(|t| {
+                    (
+                        t.device.as_str(),
+                        t.property.as_str(),
+                        type_text(t.ty),
+                        t.value.value.as_str(),
+                        t.value.version.cloud as i64,
+                        t.value.version.edge as i64,
+                        t.value.timestamp_ms,
+                    )
+                })
                 .collect();
-            let side = if which == Which::Desired {
-                "desired"
-            } else {
-                "reported"
-            };
-            for chunk in pow2_chunks(&rows, TWIN_ROWS) {
-                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-                    "INSERT INTO twins (device, property, ty, {side}, {side}_cloud, {side}_edge, {side}_ts) "
-                ));
-                q.push_values(chunk, |mut b, t| {
-                    b.push_bind(t.device.as_str())
-                        .push_bind(t.property.as_str())
-                        .push_bind(type_text(t.ty))
-                        .push_bind(t.value.value.as_str())
-                        .push_bind(t.value.version.cloud as i64)
-                        .push_bind(t.value.version.edge as i64)
-                        .push_bind(t.value.timestamp_ms);
-                });
-                q.push(format!(
-                    " ON CONFLICT(device, property) DO UPDATE SET ty = excluded.ty, {side} = excluded.{side}, \
-                     {side}_cloud = excluded.{side}_cloud, {side}_edge = excluded.{side}_edge, {side}_ts = excluded.{side}_ts"
-                ));
-                q.build().execute(&mut *tx).await?;
+            if rows.is_empty() {
+                continue;
             }
+            sqlx::query(sql)
+                .bind(json_rows(&rows)?)
+                .execute(&mut *tx)
+                .await?;
         }
         let mut seqs = Vec::with_capacity(samples.len());
-        let mut appended = 0i64;
-        for chunk in pow2_chunks(samples, SAMPLE_ROWS) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO outbox (device, property, value, ts) ",
-            );
-            q.push_values(chunk, |mut b, s| {
-                b.push_bind(s.device.as_str())
-                    .push_bind(s.property.as_str())
-                    .push_bind(s.value.as_str())
-                    .push_bind(s.ts);
-            });
-            let r = q.build().execute(&mut *tx).await?;
-            appended += chunk.len() as i64;
-            // One writer, one statement: the rows got consecutive sequence numbers.
+        if !samples.is_empty() {
+            let rows: Vec<_> = samples
+                .iter()
+                .map(|s| {
+                    (
+                        s.device.as_str(),
+                        s.property.as_str(),
+                        s.value.as_str(),
+                        s.ts,
+                    )
+                })
+                .collect();
+            let r = sqlx::query(APPEND_OUTBOX)
+                .bind(json_rows(&rows)?)
+                .execute(&mut *tx)
+                .await?;
+            let n = r.rows_affected() as i64;
+            if n != samples.len() as i64 {
+                return Err(StoreError::Batch(format!(
+                    "{n} outbox rows inserted for {} samples",
+                    samples.len()
+                )));
+            }
+            // One writer, one statement, rows in array order: consecutive sequence numbers.
             let end = r.last_insert_rowid();
-            let first = end - chunk.len() as i64 + 1;
-            seqs.extend(first..=end);
+            seqs.extend(end - n + 1..=end);
         }
         tx.commit().await?;
-        self.outbox_rows.fetch_add(appended, Ordering::Relaxed);
+        self.outbox_rows
+            .fetch_add(samples.len() as i64, Ordering::Relaxed);
         Ok(seqs)
     }
 
@@ -470,44 +475,58 @@ impl Trimmed {
     }
 }
 
-/// `rows` cut into chunks of `max` (a power of two), then of the powers of two that make up the
-/// rest: 300 rows with `max` 128 are 128, 128, 32, 8, 4. A multi-row statement exists for at most
-/// log2(max) + 1 sizes, so every one of them stays in the statement cache.
-fn pow2_chunks<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
-    let mut rest = rows;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let n = if rest.len() >= max {
-            max
-        } else {
-            1 << rest.len().ilog2()
-        };
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        Some(chunk)
-    })
+/// Upserts of one twin side from a JSON array of
+/// `[device, property, type, value, cloud version, edge version, timestamp]` rows.
+/// (`WHERE true`: SQLite's documented way to write an upsert on an `INSERT … SELECT`.)
+macro_rules! upsert_side {
+    ($side:literal) => {
+        concat!(
+            "INSERT INTO twins (device, property, ty, ",
+            $side,
+            ", ",
+            $side,
+            "_cloud, ",
+            $side,
+            "_edge, ",
+            $side,
+            "_ts) ",
+            "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 ",
+            "FROM json_each(?1) WHERE true ORDER BY key ",
+            "ON CONFLICT(device, property) DO UPDATE SET ty = excluded.ty, ",
+            $side,
+            " = excluded.",
+            $side,
+            ", ",
+            $side,
+            "_cloud = excluded.",
+            $side,
+            "_cloud, ",
+            $side,
+            "_edge = excluded.",
+            $side,
+            "_edge, ",
+            $side,
+            "_ts = excluded.",
+            $side,
+            "_ts"
+        )
+    };
+}
+const UPSERT_DESIRED: &str = upsert_side!("desired");
+const UPSERT_REPORTED: &str = upsert_side!("reported");
+
+/// Outbox rows from a JSON array of `[device, property, value, ts]`, in array order.
+const APPEND_OUTBOX: &str = "INSERT INTO outbox (device, property, value, ts) \
+     SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?1) ORDER BY key";
+
+/// Rows as one JSON array, for the statements above.
+fn json_rows(rows: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Batch(format!("batch to JSON: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn chunks_have_few_sizes_and_cover_every_row() {
-        let rows: Vec<u32> = (0..300).collect();
-        let sizes: Vec<usize> = pow2_chunks(&rows, 128).map(<[u32]>::len).collect();
-        assert_eq!(sizes, [128, 128, 32, 8, 4]);
-        let back: Vec<u32> = pow2_chunks(&rows, 128).flatten().copied().collect();
-        assert_eq!(back, rows);
-        assert_eq!(pow2_chunks(&rows[..1], 128).count(), 1);
-        assert_eq!(pow2_chunks(&rows[..0], 128).count(), 0);
-        let mut seen = std::collections::BTreeSet::new();
-        for n in 0..1000 {
-            seen.extend(pow2_chunks(&rows.repeat(4)[..n], 256).map(<[u32]>::len));
-        }
-        assert_eq!(seen.len(), 9, "{seen:?}");
-    }
     use super::*;
 
     fn tv(v: &str, edge: u64) -> TwinValue {
@@ -575,6 +594,82 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seqs, [4]);
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_of_awkward_values_goes_in_as_written_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("b.db")).await.unwrap();
+        // Text that JSON must escape, or that SQLite's JSON functions could take for something
+        // else: quotes, backslashes, control characters, non-ASCII, JSON-looking text, numbers.
+        let awkward = [
+            r#"say "hi""#,
+            r"C:\path\n",
+            "line\nbreak\ttab\u{1}",
+            "Öl 300 °C ✓ 🛢",
+            r#"{"not":"an object"}"#,
+            "[1,2]",
+            "null",
+            "007",
+            "1e3",
+            "",
+        ];
+        let samples: Vec<Sample> = (0..10_000)
+            .map(|i| Sample {
+                device: format!("rig7/d{}", i % 7),
+                property: awkward[i % awkward.len()].to_string(),
+                value: awkward[(i + 3) % awkward.len()].to_string(),
+                ts: i as i64 - 5,
+            })
+            .collect();
+        let twins: Vec<TwinWrite> = awkward
+            .iter()
+            .enumerate()
+            .map(|(i, v)| TwinWrite {
+                device: "rig7/d0".into(),
+                property: v.to_string(),
+                ty: PropertyType::String,
+                which: if i % 2 == 0 {
+                    Which::Reported
+                } else {
+                    Which::Desired
+                },
+                value: TwinValue {
+                    value: awkward[(i + 1) % awkward.len()].to_string(),
+                    version: TwinVersion {
+                        cloud: u64::from(i as u32),
+                        edge: 1 << 40,
+                    },
+                    timestamp_ms: -(i as i64),
+                },
+            })
+            .collect();
+        let seqs = s.apply(&twins, &samples).await.unwrap();
+        assert_eq!(seqs, (1..=10_000).collect::<Vec<i64>>());
+        let rows = s.outbox_after(0, 20_000).await.unwrap();
+        let back: Vec<Sample> = rows.iter().map(|r| r.sample.clone()).collect();
+        assert_eq!(back, samples);
+        let t = s.twins("rig7/d0").await.unwrap();
+        for w in &twins {
+            let side = match w.which {
+                Which::Reported => &t[&w.property].reported,
+                Which::Desired => &t[&w.property].desired,
+            };
+            assert_eq!(side.as_ref(), Some(&w.value), "{}", w.property);
+        }
+        // Two writes of one twin in a batch: the later one stays.
+        let mut twice = vec![twins[0].clone(), twins[0].clone()];
+        twice[0].value.value = "older".into();
+        twice[1].value.value = "newer".into();
+        s.apply(&twice, &[]).await.unwrap();
+        let t = s.twins("rig7/d0").await.unwrap();
+        assert_eq!(
+            t[&twins[0].property].reported.as_ref().unwrap().value,
+            "newer"
+        );
+        // The next batch follows on.
+        assert_eq!(s.apply(&[], &samples[..2]).await.unwrap(), [10_001, 10_002]);
+        assert!(s.apply(&[], &[]).await.unwrap().is_empty());
     }
 
     #[tokio::test]
