@@ -55,10 +55,10 @@ const MIGRATIONS: &[&str] = &[
 /// One change to a twin value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TwinWrite {
-    /// Device id.
-    pub device: String,
+    /// Device id (shared with the reading it came from).
+    pub device: Arc<str>,
     /// Property.
-    pub property: String,
+    pub property: Arc<str>,
     /// Its type.
     pub ty: PropertyType,
     /// Desired or reported.
@@ -79,10 +79,10 @@ pub enum Which {
 /// One telemetry sample for the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    /// Device id.
-    pub device: String,
+    /// Device id (shared with the reading it came from).
+    pub device: Arc<str>,
     /// Property.
-    pub property: String,
+    pub property: Arc<str>,
     /// Value text.
     pub value: String,
     /// Milliseconds since the epoch.
@@ -236,8 +236,8 @@ impl Store {
                 .filter(|t| t.which == which)
                 .map(|t| {
                     (
-                        t.device.as_str(),
-                        t.property.as_str(),
+                        &*t.device,
+                        &*t.property,
                         type_text(t.ty),
                         t.value.value.as_str(),
                         t.value.version.cloud as i64,
@@ -258,14 +258,7 @@ impl Store {
         if !samples.is_empty() {
             let rows: Vec<_> = samples
                 .iter()
-                .map(|s| {
-                    (
-                        s.device.as_str(),
-                        s.property.as_str(),
-                        s.value.as_str(),
-                        s.ts,
-                    )
-                })
+                .map(|s| (&*s.device, &*s.property, s.value.as_str(), s.ts))
                 .collect();
             let r = sqlx::query(APPEND_OUTBOX)
                 .bind(json_rows(&rows)?)
@@ -616,8 +609,8 @@ mod tests {
         ];
         let samples: Vec<Sample> = (0..10_000)
             .map(|i| Sample {
-                device: format!("rig7/d{}", i % 7),
-                property: awkward[i % awkward.len()].to_string(),
+                device: format!("rig7/d{}", i % 7).into(),
+                property: awkward[i % awkward.len()].to_string().into(),
                 value: awkward[(i + 3) % awkward.len()].to_string(),
                 ts: i as i64 - 5,
             })
@@ -627,7 +620,7 @@ mod tests {
             .enumerate()
             .map(|(i, v)| TwinWrite {
                 device: "rig7/d0".into(),
-                property: v.to_string(),
+                property: v.to_string().into(),
                 ty: PropertyType::String,
                 which: if i % 2 == 0 {
                     Which::Reported
@@ -652,8 +645,8 @@ mod tests {
         let t = s.twins("rig7/d0").await.unwrap();
         for w in &twins {
             let side = match w.which {
-                Which::Reported => &t[&w.property].reported,
-                Which::Desired => &t[&w.property].desired,
+                Which::Reported => &t[&*w.property].reported,
+                Which::Desired => &t[&*w.property].desired,
             };
             assert_eq!(side.as_ref(), Some(&w.value), "{}", w.property);
         }
@@ -664,7 +657,7 @@ mod tests {
         s.apply(&twice, &[]).await.unwrap();
         let t = s.twins("rig7/d0").await.unwrap();
         assert_eq!(
-            t[&twins[0].property].reported.as_ref().unwrap().value,
+            t[&*twins[0].property].reported.as_ref().unwrap().value,
             "newer"
         );
         // The next batch follows on.

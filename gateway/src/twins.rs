@@ -6,6 +6,7 @@
 //! published), messages to publish, and writes for the mappers. The runtime carries them out.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use device_models::crd::{AccessMode, PropertyType};
 use device_models::payload::{
@@ -187,8 +188,8 @@ impl Twins {
                 {
                     prop.twin.desired = Some(t.clone());
                     a.twins.push(TwinWrite {
-                        device: d.id.clone(),
-                        property: p.name.clone(),
+                        device: d.id.clone().into(),
+                        property: p.name.clone().into(),
                         ty: p.ty,
                         which: Which::Desired,
                         value: t,
@@ -268,59 +269,61 @@ impl Twins {
             next_write,
             ..
         } = self;
-        for r in readings {
-            let Some(dev) = devices.get_mut(&*r.device) else {
+        // A mapper's readings come together: one device lookup and one message per run.
+        for run in readings.chunk_by(|x, y| x.device == y.device) {
+            let Some(dev) = devices.get_mut(&*run[0].device) else {
                 continue;
             };
-            let Some(p) = dev.props.get_mut(&*r.property) else {
-                continue;
-            };
-            let text = r.value.to_string();
-            let due = match &p.twin.reported {
-                None => true,
-                Some(last) => {
-                    let changed = match (
-                        Value::parse(p.ty, &last.value)
-                            .ok()
-                            .and_then(|v| v.as_f64()),
-                        r.value.as_f64(),
-                    ) {
-                        (Some(old), Some(new)) => {
-                            (new - old).abs() > p.deadband.unwrap_or(0.0)
-                                || (p.deadband.is_none() && new != old)
-                        }
-                        _ => last.value != text,
-                    };
-                    changed || r.timestamp_ms - last.timestamp_ms >= p.report_cycle_ms
+            let mut msg: Option<DeviceData> = None;
+            for r in run {
+                let Some(p) = dev.props.get_mut(&*r.property) else {
+                    continue;
+                };
+                let text = r.value.to_string();
+                let due = match &p.twin.reported {
+                    None => true,
+                    Some(last) => {
+                        let changed = match (
+                            Value::parse(p.ty, &last.value)
+                                .ok()
+                                .and_then(|v| v.as_f64()),
+                            r.value.as_f64(),
+                        ) {
+                            (Some(old), Some(new)) => {
+                                (new - old).abs() > p.deadband.unwrap_or(0.0)
+                                    || (p.deadband.is_none() && new != old)
+                            }
+                            _ => last.value != text,
+                        };
+                        changed || r.timestamp_ms - last.timestamp_ms >= p.report_cycle_ms
+                    }
+                };
+                if !due {
+                    continue;
                 }
-            };
-            if !due {
-                continue;
-            }
-            let v = set_reported(p.twin.reported.as_ref(), text.clone(), r.timestamp_ms);
-            p.twin.reported = Some(v.clone());
-            // The device does not hold its desired value (it restarted, someone changed it at
-            // the panel, or the last write failed): write it again, but not on every reading.
-            if p.written_ms
-                .is_none_or(|t| now_ms - t >= REWRITE_INTERVAL_MS)
-            {
-                push_write(&r.device, &r.property, p, next_write, now_ms, &mut a);
-            }
-            a.twins.push(TwinWrite {
-                device: r.device.to_string(),
-                property: r.property.to_string(),
-                ty: p.ty,
-                which: Which::Reported,
-                value: v,
-            });
-            a.samples.push(Sample {
-                device: r.device.to_string(),
-                property: r.property.to_string(),
-                value: text.clone(),
-                ts: r.timestamp_ms,
-            });
-            data.entry(r.device.to_string())
-                .or_insert_with(|| DeviceData {
+                let v = set_reported(p.twin.reported.as_ref(), text.clone(), r.timestamp_ms);
+                p.twin.reported = Some(v.clone());
+                // The device does not hold its desired value (it restarted, someone changed it at
+                // the panel, or the last write failed): write it again, but not on every reading.
+                if p.written_ms
+                    .is_none_or(|t| now_ms - t >= REWRITE_INTERVAL_MS)
+                {
+                    push_write(&r.device, &r.property, p, next_write, now_ms, &mut a);
+                }
+                a.twins.push(TwinWrite {
+                    device: r.device.clone(),
+                    property: r.property.clone(),
+                    ty: p.ty,
+                    which: Which::Reported,
+                    value: v,
+                });
+                a.samples.push(Sample {
+                    device: r.device.clone(),
+                    property: r.property.clone(),
+                    value: text.clone(),
+                    ts: r.timestamp_ms,
+                });
+                msg.get_or_insert_with(|| DeviceData {
                     base: BaseMessage {
                         event_id: String::new(),
                         timestamp: now_ms,
@@ -338,6 +341,16 @@ impl Twins {
                         },
                     },
                 );
+            }
+            if let Some(m) = msg {
+                match data.entry(run[0].device.to_string()) {
+                    Entry::Vacant(e) => {
+                        e.insert(m);
+                    }
+                    // The device's readings came in two runs: one message all the same.
+                    Entry::Occupied(mut e) => e.get_mut().data.extend(m.data),
+                }
+            }
         }
         for (id, d) in data {
             a.publish.push((data_topic(&id), json(&d)));
@@ -546,7 +559,7 @@ impl Twins {
                 p.twin.desired = Some(d.clone());
                 a.twins.push(TwinWrite {
                     device: id.into(),
-                    property: name.clone(),
+                    property: name.clone().into(),
                     ty: p.ty,
                     which: Which::Desired,
                     value: d,
@@ -562,14 +575,14 @@ impl Twins {
                 p.twin.reported = Some(r.clone());
                 a.twins.push(TwinWrite {
                     device: id.into(),
-                    property: name.clone(),
+                    property: name.clone().into(),
                     ty: p.ty,
                     which: Which::Reported,
                     value: r,
                 });
                 a.samples.push(Sample {
                     device: id.into(),
-                    property: name.clone(),
+                    property: name.clone().into(),
                     value: v,
                     ts,
                 });
@@ -767,6 +780,28 @@ mod tests {
             choke_writes(&choke(&mut t, 0.0, 50_100)),
             [Value::Float(35.0)]
         );
+    }
+
+    #[test]
+    fn one_telemetry_message_per_device_and_batch_even_when_its_readings_are_apart() {
+        let (mut t, _) = twins();
+        const PUMP: &str = "rig7/pump-p201";
+        const WH: &str = "rig7/wellhead-a07";
+        let a = t.on_readings(
+            &[
+                reading(PUMP, "speed", Value::Int(100), 1),
+                reading(PUMP, "motor-current", Value::Float(3.5), 1),
+                reading(WH, "choke-position", Value::Float(30.0), 1),
+                reading(PUMP, "vibration", Value::Float(0.7), 2),
+            ],
+            3,
+        );
+        assert_eq!(a.samples.len(), 4);
+        let topics: Vec<&str> = a.publish.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(topics, [data_topic(PUMP), data_topic(WH)]);
+        let pump: serde_json::Value = serde_json::from_str(&a.publish[0].1).unwrap();
+        let props: Vec<&String> = pump["data"].as_object().unwrap().keys().collect();
+        assert_eq!(props, ["motor-current", "speed", "vibration"]);
     }
 
     #[test]

@@ -162,7 +162,14 @@ fn outbox(db: &Path) -> Vec<(i64, String, String, i64)> {
             .await
             .unwrap()
             .into_iter()
-            .map(|r| (r.seq, r.sample.device, r.sample.property, r.sample.ts))
+            .map(|r| {
+                (
+                    r.seq,
+                    r.sample.device.to_string(),
+                    r.sample.property.to_string(),
+                    r.sample.ts,
+                )
+            })
             .collect()
     })
 }

@@ -322,8 +322,8 @@ fn kill_9_loses_no_acknowledged_sample() {
     let stored: std::collections::HashMap<(String, String, i64), Vec<String>> =
         rows.iter().fold(Default::default(), |mut m, r| {
             m.entry((
-                r.sample.device.clone(),
-                r.sample.property.clone(),
+                r.sample.device.to_string(),
+                r.sample.property.to_string(),
                 r.sample.ts,
             ))
             .or_default()
