@@ -50,6 +50,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (device, property));
      CREATE TABLE outbox (seq INTEGER PRIMARY KEY, device TEXT NOT NULL, property TEXT NOT NULL,
         value TEXT NOT NULL, ts INTEGER NOT NULL);",
+    // 2: outbox sequence numbers never reused. With a plain INTEGER PRIMARY KEY, SQLite hands
+    // out MAX(seq) + 1, so a trim of the newest rows, or of every row (the age bound after a
+    // quiet week), made the next samples reuse numbers the cloud may already have stored, and
+    // the hub, which deduplicates by (node, seq), would drop them as duplicates. AUTOINCREMENT
+    // keeps the highest number ever given in `sqlite_sequence`. The table is copied once.
+    "CREATE TABLE outbox_v2 (seq INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL,
+        property TEXT NOT NULL, value TEXT NOT NULL, ts INTEGER NOT NULL);
+     INSERT INTO outbox_v2 (seq, device, property, value, ts)
+        SELECT seq, device, property, value, ts FROM outbox ORDER BY seq;
+     DROP TABLE outbox;
+     ALTER TABLE outbox_v2 RENAME TO outbox;",
 ];
 
 /// One change to a twin value.
@@ -536,7 +547,7 @@ mod tests {
         let path = dir.path().join("ballast.db");
         {
             let s = Store::open(&path).await.unwrap();
-            assert_eq!(s.schema_version().await.unwrap(), 1);
+            assert_eq!(s.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
             let twins = [
                 TwinWrite {
                     device: "rig7/p".into(),
@@ -741,6 +752,54 @@ mod tests {
             .map(|r| r.seq)
             .collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
+        // The numbers of the dropped samples are never given again, not even after a reopen or
+        // when every row is gone: the cloud deduplicates by (node, seq).
+        assert_eq!(s.apply(&[], &samples(10..12, 1)).await.unwrap(), [11, 12]);
+        drop(s);
+        let s = Store::open(&dir.path().join("n.db")).await.unwrap();
+        let all = OutboxBounds {
+            oldest_ms: i64::MAX,
+            max_rows: u64::MAX,
+            max_bytes: u64::MAX,
+            policy: OutboxPolicy::DropOldest,
+        };
+        assert_eq!(s.trim_outbox(&all).await.unwrap().age, 6);
+        assert_eq!(s.outbox_depth().await.unwrap().0, 0);
+        assert_eq!(s.apply(&[], &samples(12..13, 1)).await.unwrap(), [13]);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_store_is_migrated_with_its_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            // A store as the first schema left it, with three samples.
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            sqlx::raw_sql(MIGRATIONS[0]).execute(&pool).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version VALUES (1);
+                 INSERT INTO outbox (seq, device, property, value, ts) VALUES
+                    (7, 'd', 'p', 'a', 1), (8, 'd', 'p', 'b', 2), (9, 'd', 'p', 'c', 3);",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let s = Store::open(&path).await.unwrap();
+        assert_eq!(s.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        let rows = s.outbox_after(0, 10).await.unwrap();
+        let got: Vec<(i64, &str)> = rows
+            .iter()
+            .map(|r| (r.seq, r.sample.value.as_str()))
+            .collect();
+        assert_eq!(got, [(7, "a"), (8, "b"), (9, "c")]);
+        assert_eq!(s.outbox_depth().await.unwrap().0, 3);
+        assert_eq!(s.apply(&[], &samples(4..5, 1)).await.unwrap(), [10]);
     }
 
     #[tokio::test]
