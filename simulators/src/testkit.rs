@@ -27,6 +27,27 @@ pub fn tool(name: &str) -> Result<PathBuf, String> {
         })
 }
 
+/// Runs mbpoll (the Debian package) once with `args`; returns the values it printed, one per
+/// `[ref]: value` line, or what went wrong with its output.
+pub fn mbpoll(args: &[&str]) -> Result<Vec<String>, String> {
+    let out = Command::new(tool("mbpoll")?)
+        .args(args)
+        .output()
+        .map_err(|e| format!("start mbpoll: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "mbpoll {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('[').and_then(|l| l.split_once("]:")))
+        .map(|(_, v)| v.trim().to_string())
+        .collect())
+}
+
 /// A free TCP port on loopback, for third-party servers that cannot report a port 0 bind.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

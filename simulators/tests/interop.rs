@@ -14,22 +14,9 @@ use simulators::modbus::tcp;
 use simulators::pty::Pty;
 use simulators::{AbortOnDrop, Line, modbus_endpoint};
 
-/// Runs mbpoll once and returns the values it printed, `[ref]: value` lines.
+/// Runs mbpoll once and returns the values it printed; fails the test when mbpoll fails.
 fn mbpoll(args: &[&str]) -> Vec<String> {
-    let out = Command::new(common::tool("mbpoll"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "mbpoll {args:?} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix('[').and_then(|l| l.split_once("]:")))
-        .map(|(_, v)| v.trim().to_string())
-        .collect()
+    simulators::testkit::mbpoll(args).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,31 +9,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ballast_tests::{repo, workspace_bin as bin};
 use simulators::testkit::KillOnDrop;
 
 const PUMP: &str = "rig7/pump-p201";
 const T: Duration = Duration::from_secs(30);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A binary of the workspace, built by `cargo test --workspace` next to this test.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} not built (run the workspace tests: scripts/test.sh)",
-        bin.display()
-    );
-    bin
-}
 
 /// `ballast-sim modbus-tcp` on `listen`; returns it and the address it announced.
 fn simulator(listen: &str) -> (KillOnDrop, SocketAddr) {
@@ -122,29 +107,12 @@ fn wait_twin(broker: SocketAddr, what: &str, f: impl Fn(&serde_json::Value) -> b
 /// The pump's speed setpoint (unit 2, holding register 0) as mbpoll, a third-party Modbus
 /// client, reads it from the simulator.
 fn setpoint_on_device(sim: SocketAddr) -> String {
-    let out = Command::new(simulators::testkit::tool("mbpoll").unwrap())
-        .args(["-m", "tcp", "-p", &sim.port().to_string()])
-        .args([
-            "-a",
-            "2",
-            "-t",
-            "4",
-            "-r",
-            "1",
-            "-c",
-            "1",
-            "-1",
-            "127.0.0.1",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "mbpoll failed: {text}");
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("[1]:"))
-        .unwrap_or_else(|| panic!("mbpoll printed no value: {text}"))
-        .trim()
-        .to_string()
+    let port = sim.port().to_string();
+    let args = [
+        "-m", "tcp", "-p", &port, "-a", "2", "-t", "4", "-r", "1", "-c", "1", "-1",
+    ];
+    let values = simulators::testkit::mbpoll(&[&args[..], &["127.0.0.1"]].concat()).unwrap();
+    values.first().cloned().expect("mbpoll printed no value")
 }
 
 fn setpoint(twin: &serde_json::Value, side: &str) -> Option<String> {

@@ -6,6 +6,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+
+use ballast_tests::repo;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -19,21 +21,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The gateway binary, built by `cargo test --workspace` next to this test.
 fn gateway_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("ballast-gateway");
-    assert!(
-        bin.exists(),
-        "{} not built (run the workspace tests: scripts/test.sh)",
-        bin.display()
-    );
-    bin
+    ballast_tests::workspace_bin("ballast-gateway")
 }
 
 fn tool(name: &str) -> PathBuf {
