@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::CloseReason;
 use super::digest::{Digest, bucket_of};
-use super::msg::{EdgeMsg, HubMsg, Token};
+use super::msg::{EdgeMsg, HubMsg, TelemetrySample, Token};
+use super::upstream::{Upstream, UpstreamConfig};
 
 /// What the edge reports to its driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,11 @@ pub enum EdgeEvent {
     /// like for the others).
     Synced {
         /// Downstream sequence.
+        seq: u64,
+    },
+    /// The sink stored every telemetry sample up to `seq`: delete them from the outbox.
+    TelemetryStored {
+        /// Outbox sequence number.
         seq: u64,
     },
     /// The session is over: reconnect after a back-off (unless it was refused).
@@ -83,6 +89,8 @@ pub struct Edge {
     last_heard: Instant,
     next_ping: Instant,
     ping_id: u64,
+    up: Upstream,
+    telemetry_out: VecDeque<EdgeMsg>,
 }
 
 impl Edge {
@@ -112,6 +120,45 @@ impl Edge {
             last_heard: now,
             next_ping: now + heartbeat,
             ping_id: 0,
+            up: Upstream::new(UpstreamConfig::default()),
+            telemetry_out: VecDeque::new(),
+        }
+    }
+
+    /// The same edge with other upstream settings (batches, windows, telemetry rate).
+    pub fn with_upstream(mut self, cfg: UpstreamConfig) -> Edge {
+        self.up = Upstream::new(cfg);
+        self
+    }
+
+    /// A reported value (`property: Some`) or a device state (`None`) for the cluster. Only
+    /// the newest of each (device, property) is sent; it waits here through an outage.
+    pub fn report(&mut self, device: String, property: Option<String>, value: String, ts: i64) {
+        self.up.report(device, property, value, ts);
+    }
+
+    /// Reports waiting to be sent.
+    pub fn reports_pending(&self) -> usize {
+        self.up.reports_pending()
+    }
+
+    /// While a session is up: read at most `n` outbox rows with a sequence number after the
+    /// first value, and pass them to [`Edge::send_telemetry`]. `None`: not now (window full,
+    /// rate spent, or no session).
+    pub fn telemetry_wanted(&mut self, now: Instant) -> Option<(u64, usize)> {
+        if self.phase != Phase::Live {
+            return None;
+        }
+        self.up.telemetry_wanted(now)
+    }
+
+    /// Outbox rows, in sequence order, as [`Edge::telemetry_wanted`] asked for.
+    pub fn send_telemetry(&mut self, samples: Vec<TelemetrySample>) {
+        if self.phase != Phase::Live {
+            return;
+        }
+        if let Some(m) = self.up.send_telemetry(samples) {
+            self.telemetry_out.push_back(m);
         }
     }
 
@@ -133,6 +180,8 @@ impl Edge {
         self.received = 0;
         self.committed = 0;
         self.acked = 0;
+        self.telemetry_out.clear();
+        self.up.session_started();
         self.phase = Phase::AwaitWelcome;
         self.last_heard = now;
         self.next_ping = now + self.heartbeat;
@@ -168,6 +217,12 @@ impl Edge {
                 self.events.push_back(EdgeEvent::Welcome);
             }
             HubMsg::Refused { reason } => self.close(CloseReason::Refused(reason)),
+            HubMsg::ReportsAck { id } if self.phase == Phase::Live => self.up.reports_acked(id),
+            HubMsg::TelemetryAck { seq } if self.phase == Phase::Live => {
+                if self.up.telemetry_acked(seq) {
+                    self.events.push_back(EdgeEvent::TelemetryStored { seq });
+                }
+            }
             HubMsg::Expand { buckets } if self.phase == Phase::Live => {
                 let mut entries = Vec::new();
                 for (k, v) in &self.held {
@@ -260,9 +315,18 @@ impl Edge {
         }
     }
 
-    /// The next message to send.
+    /// The next message to send: control messages and acks first, then reports, then
+    /// telemetry (so live twin values overtake a backlog).
     pub fn poll_transmit(&mut self) -> Option<EdgeMsg> {
-        self.out.pop_front()
+        if let Some(m) = self.out.pop_front() {
+            return Some(m);
+        }
+        if self.phase != Phase::Live {
+            return None;
+        }
+        self.up
+            .poll_reports()
+            .or_else(|| self.telemetry_out.pop_front())
     }
 
     /// The next thing to report.

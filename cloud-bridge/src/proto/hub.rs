@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::digest::{Digest, bucket_of};
-use super::msg::{EdgeMsg, HubMsg, Token};
+use super::msg::{EdgeMsg, HubMsg, Report, TelemetrySample, Token};
 use super::{CloseReason, Object};
 
 /// Where sessions look up credentials and the objects bound to a node (the hub's cache).
@@ -19,6 +19,14 @@ pub trait Directory {
     fn authenticate(&self, node: &str, token: &Token) -> bool;
     /// Calls `f` with every object bound to `node`.
     fn for_each_object(&self, node: &str, f: &mut dyn FnMut(&str, &Object));
+    /// Whether the device `namespace/name` is bound to `node` (a node writes only its own
+    /// devices). The default looks for its `Device/namespace/name` object.
+    fn owns_device(&self, node: &str, device: &str) -> bool {
+        let key = format!("Device/{device}");
+        let mut found = false;
+        self.for_each_object(node, &mut |k, _| found |= k == key);
+        found
+    }
 }
 
 /// Settings of a hub session.
@@ -49,6 +57,23 @@ pub enum HubEvent {
     },
     /// The edge has applied everything it lacked at hello.
     Synced,
+    /// Reported values and states of the node's own devices: write them to the cluster, then
+    /// call [`Session::reports_written`] with `id`.
+    Reports {
+        /// Batch number, for the ack.
+        id: u64,
+        /// The reports (those about other nodes' devices are left out and counted).
+        reports: Vec<Report>,
+    },
+    /// Telemetry of the node's own devices: store it (deduplicating by node and sequence),
+    /// then call [`Session::telemetry_stored`] with `last_seq`.
+    Telemetry {
+        /// The samples, in sequence order.
+        samples: Vec<TelemetrySample>,
+        /// The last sequence number of the message (acknowledge this one even when samples
+        /// about other nodes' devices were left out).
+        last_seq: u64,
+    },
     /// The session is over; the driver closes the connection after sending what is queued.
     Closed(CloseReason),
 }
@@ -64,6 +89,8 @@ pub struct HubStats {
     pub deletes: u64,
     /// Changes folded into a newer change of the same key before being sent.
     pub coalesced: u64,
+    /// Reports and samples about devices that are not the node's, left out.
+    pub foreign_refused: u64,
 }
 
 #[derive(Debug)]
@@ -100,6 +127,8 @@ pub struct Session {
     next_ping: Instant,
     ping_id: u64,
     stats: HubStats,
+    reports_received: u64,
+    telemetry_received: u64,
 }
 
 impl Session {
@@ -122,6 +151,8 @@ impl Session {
             next_ping,
             ping_id: 0,
             stats: HubStats::default(),
+            reports_received: 0,
+            telemetry_received: 0,
         }
     }
 
@@ -176,12 +207,78 @@ impl Session {
                     self.events.push_back(HubEvent::Synced);
                 }
             }
+            (EdgeMsg::Reports { id, reports }, Phase::Live) => self.reports(id, reports, dir),
+            (EdgeMsg::Telemetry { samples }, Phase::Live) => self.telemetry(samples, dir),
             (m, phase) => {
                 let what = format!("{m:?}");
                 let what = what.split([' ', '{']).next().unwrap_or("message");
                 let reason = CloseReason::Protocol(format!("unexpected {what} in phase {phase:?}"));
                 self.close(reason);
             }
+        }
+    }
+
+    fn reports(&mut self, id: u64, reports: Vec<Report>, dir: &dyn Directory) {
+        if id != self.reports_received + 1 {
+            let want = self.reports_received + 1;
+            self.close(CloseReason::Protocol(format!(
+                "reports batch {id}, expected {want}"
+            )));
+            return;
+        }
+        self.reports_received = id;
+        let node = self.node.clone().unwrap_or_default();
+        let n = reports.len();
+        let reports: Vec<Report> = reports
+            .into_iter()
+            .filter(|r| dir.owns_device(&node, &r.device))
+            .collect();
+        self.stats.foreign_refused += (n - reports.len()) as u64;
+        self.events.push_back(HubEvent::Reports { id, reports });
+    }
+
+    fn telemetry(&mut self, samples: Vec<TelemetrySample>, dir: &dyn Directory) {
+        let mut last = self.telemetry_received;
+        for s in &samples {
+            if s.seq <= last {
+                self.close(CloseReason::Protocol(format!(
+                    "telemetry sequence {} after {last}",
+                    s.seq
+                )));
+                return;
+            }
+            last = s.seq;
+        }
+        if last == self.telemetry_received {
+            return;
+        }
+        self.telemetry_received = last;
+        let node = self.node.clone().unwrap_or_default();
+        let n = samples.len();
+        let samples: Vec<TelemetrySample> = samples
+            .into_iter()
+            .filter(|s| dir.owns_device(&node, &s.device))
+            .collect();
+        self.stats.foreign_refused += (n - samples.len()) as u64;
+        self.events.push_back(HubEvent::Telemetry {
+            samples,
+            last_seq: last,
+        });
+    }
+
+    /// The reports of every batch up to `id` are written to the cluster: acknowledges them.
+    pub fn reports_written(&mut self, id: u64) {
+        if self.phase != Phase::Closed {
+            self.out.push_back(HubMsg::ReportsAck { id });
+        }
+    }
+
+    /// The sink stored every sample up to `seq`: acknowledges them (one ack for many).
+    pub fn telemetry_stored(&mut self, seq: u64) {
+        if self.phase != Phase::Closed {
+            self.out
+                .retain(|m| !matches!(m, HubMsg::TelemetryAck { .. }));
+            self.out.push_back(HubMsg::TelemetryAck { seq });
         }
     }
 

@@ -49,6 +49,18 @@ pub enum EdgeMsg {
         /// Cumulative.
         seq: u64,
     },
+    /// Reported twin values and device states, the newest of each (device, property).
+    Reports {
+        /// Upstream batch number of this session (1, 2, …), acknowledged by `ReportsAck`.
+        id: u64,
+        /// The reports.
+        reports: Vec<Report>,
+    },
+    /// Telemetry from the outbox, in sequence order.
+    Telemetry {
+        /// The samples.
+        samples: Vec<TelemetrySample>,
+    },
     /// Liveness, answered by `Pong`.
     Ping {
         /// Echoed.
@@ -59,6 +71,34 @@ pub enum EdgeMsg {
         /// The ping's id.
         id: u64,
     },
+}
+
+/// A reported value (or a device's state) on its way to the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Device id `namespace/name`.
+    pub device: String,
+    /// The property; `None` for the device's state (`online`, `offline`, `unhealthy`).
+    pub property: Option<String>,
+    /// The value as text.
+    pub value: String,
+    /// When it was read, in milliseconds since the epoch.
+    pub ts: i64,
+}
+
+/// One telemetry sample of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetrySample {
+    /// The node's outbox sequence number (never reused; the sink deduplicates by node and seq).
+    pub seq: u64,
+    /// Device id `namespace/name`.
+    pub device: String,
+    /// The property.
+    pub property: String,
+    /// The value as text.
+    pub value: String,
+    /// When it was read, in milliseconds since the epoch.
+    pub ts: i64,
 }
 
 /// What the hub sends.
@@ -101,6 +141,16 @@ pub enum HubMsg {
     /// Everything the edge lacked at hello has been sent; live changes follow.
     Synced {
         /// Position in this session's downstream sequence.
+        seq: u64,
+    },
+    /// Every `Reports` batch up to `id` is written to the cluster (cumulative).
+    ReportsAck {
+        /// The batch.
+        id: u64,
+    },
+    /// The sink has stored every sample up to `seq` (cumulative): the edge may delete them.
+    TelemetryAck {
+        /// Outbox sequence number.
         seq: u64,
     },
     /// Liveness, answered by `Pong`.
