@@ -8,59 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloud_bridge::driver::{self, Change, EdgeStore, HubBackend, SessionEnd, StoreFailure};
+use cloud_bridge::driver::memory::MemoryHub;
+use cloud_bridge::driver::{self, Change, EdgeStore, SessionEnd, StoreFailure};
 use cloud_bridge::proto::Object;
 use cloud_bridge::proto::edge::Edge;
-use cloud_bridge::proto::hub::{Directory, HubConfig};
+use cloud_bridge::proto::hub::HubConfig;
 use cloud_bridge::proto::msg::{Report, TelemetrySample, Token};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
-
-#[derive(Default)]
-struct Cluster {
-    objects: BTreeMap<String, Object>,
-    status: BTreeMap<(String, Option<String>), String>,
-    sink: BTreeMap<(String, u64), TelemetrySample>,
-}
-
-/// The hub's side in memory: node rig7 with its token, its objects, status and sink.
-#[derive(Default)]
-struct Backend(Mutex<Cluster>);
-
-impl Directory for Backend {
-    fn authenticate(&self, node: &str, token: &Token) -> bool {
-        node == "rig7" && token.0 == "rig7-token"
-    }
-    fn for_each_object(&self, node: &str, f: &mut dyn FnMut(&str, &Object)) {
-        if node == "rig7" {
-            for (k, o) in &self.0.lock().unwrap().objects {
-                f(k, o);
-            }
-        }
-    }
-}
-
-impl HubBackend for Backend {
-    async fn write_reports(&self, _node: &str, reports: Vec<Report>) -> Result<(), StoreFailure> {
-        let mut c = self.0.lock().unwrap();
-        for r in reports {
-            c.status.insert((r.device, r.property), r.value);
-        }
-        Ok(())
-    }
-    async fn store_telemetry(
-        &self,
-        node: &str,
-        samples: Vec<TelemetrySample>,
-    ) -> Result<(), StoreFailure> {
-        let mut c = self.0.lock().unwrap();
-        for s in samples {
-            c.sink.insert((node.to_string(), s.seq), s);
-        }
-        Ok(())
-    }
-}
 
 #[derive(Default)]
 struct Site {
@@ -108,6 +64,15 @@ impl EdgeStore for Store {
     }
 }
 
+/// A hub that knows node rig7 and its token.
+fn hub() -> Arc<MemoryHub> {
+    let hub = Arc::new(MemoryHub::default());
+    hub.state()
+        .tokens
+        .insert("rig7".into(), "rig7-token".into());
+    hub
+}
+
 fn object(v: u32) -> Object {
     Object {
         version: v.to_string(),
@@ -125,11 +90,14 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_over_tcp_sync_objects_reports_and_telemetry() {
-    let backend = Arc::new(Backend::default());
+    let backend = hub();
     {
-        let mut c = backend.0.lock().unwrap();
+        let mut c = backend.state();
         for i in 0..50 {
-            c.objects.insert(format!("Device/rig7/dev-{i}"), object(1));
+            c.objects
+                .entry("rig7".into())
+                .or_default()
+                .insert(format!("Device/rig7/dev-{i}"), object(1));
         }
     }
     let (changes_tx, _) = broadcast::channel::<Change>(1024);
@@ -199,12 +167,19 @@ async fn two_sessions_over_tcp_sync_objects_reports_and_telemetry() {
         (end, edge, edge_store, reports, edge_stop)
     });
     wait_until("first sync, telemetry and report", || {
-        let (s, c) = (store.0.lock().unwrap(), backend.0.lock().unwrap());
-        s.objects.len() == 50 && s.outbox.is_empty() && c.sink.len() == 2_000 && c.status.len() == 1
+        let (s, c) = (store.0.lock().unwrap(), backend.state());
+        s.objects.len() == 50
+            && s.outbox.is_empty()
+            && c.telemetry.len() == 2_000
+            && c.status.len() == 1
     })
     .await;
     assert_eq!(
-        backend.0.lock().unwrap().status[&("rig7/dev-2".to_string(), Some("speed".to_string()))],
+        backend.state().status[&(
+            "rig7".to_string(),
+            "rig7/dev-2".to_string(),
+            Some("speed".to_string())
+        )],
         "1500"
     );
     stop_edge.send(true).unwrap();
@@ -213,10 +188,11 @@ async fn two_sessions_over_tcp_sync_objects_reports_and_telemetry() {
 
     // While the edge is away: one object changes, one is added, one is deleted.
     {
-        let mut c = backend.0.lock().unwrap();
-        c.objects.insert("Device/rig7/dev-7".into(), object(2));
-        c.objects.insert("Device/rig7/dev-new".into(), object(1));
-        c.objects.remove("Device/rig7/dev-9");
+        let mut c = backend.state();
+        let objects = c.objects.get_mut("rig7").unwrap();
+        objects.insert("Device/rig7/dev-7".into(), object(2));
+        objects.insert("Device/rig7/dev-new".into(), object(1));
+        objects.remove("Device/rig7/dev-9");
     }
     let commits_before = store.0.lock().unwrap().commits.len();
 
@@ -245,10 +221,10 @@ async fn two_sessions_over_tcp_sync_objects_reports_and_telemetry() {
         .sum();
     assert_eq!(changed, 3, "only the differences were sent");
     backend
-        .0
-        .lock()
-        .unwrap()
+        .state()
         .objects
+        .get_mut("rig7")
+        .unwrap()
         .insert("Device/rig7/dev-3".into(), object(5));
     changes_tx
         .send(("rig7".into(), "Device/rig7/dev-3".into(), Some(object(5))))
@@ -258,9 +234,8 @@ async fn two_sessions_over_tcp_sync_objects_reports_and_telemetry() {
     })
     .await;
     let s = store.0.lock().unwrap();
-    let c = backend.0.lock().unwrap();
-    let want: BTreeMap<String, (String, String)> = c
-        .objects
+    let c = backend.state();
+    let want: BTreeMap<String, (String, String)> = c.objects["rig7"]
         .iter()
         .map(|(k, o)| (k.clone(), (o.version.clone(), o.body.clone())))
         .collect();
@@ -273,12 +248,12 @@ async fn two_sessions_over_tcp_sync_objects_reports_and_telemetry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_end_the_session_with_a_refusal_and_nothing_stored() {
-    let backend = Arc::new(Backend::default());
+    let backend = hub();
     backend
-        .0
-        .lock()
-        .unwrap()
+        .state()
         .objects
+        .entry("rig7".into())
+        .or_default()
         .insert("Device/rig7/dev-1".into(), object(1));
     let (changes_tx, _) = broadcast::channel::<Change>(16);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

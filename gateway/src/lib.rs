@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod front;
+pub mod link_store;
 pub mod metrics;
 pub mod runtime;
 pub mod store;

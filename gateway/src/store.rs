@@ -207,6 +207,40 @@ impl Store {
         Ok(())
     }
 
+    /// Applies a batch of object changes in one transaction: `Some((version, body))` stores the
+    /// key, `None` forgets it. The cloud link acknowledges them only after this returns.
+    pub async fn commit_objects(
+        &self,
+        changes: &[(String, Option<(String, String)>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (key, change) in changes {
+            match change {
+                Some((version, body)) => {
+                    sqlx::query("INSERT INTO objects (key, version, body) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET version = excluded.version, body = excluded.body")
+                        .bind(key)
+                        .bind(version)
+                        .bind(body)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM objects WHERE key = ?")
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes the outbox rows up to `seq` (the cloud has stored them); returns how many.
+    pub async fn delete_outbox_through(&self, seq: i64) -> Result<u64, StoreError> {
+        self.delete("DELETE FROM outbox WHERE seq <= ?", seq).await
+    }
+
     /// Every stored object: key → (version, body).
     pub async fn objects(&self) -> Result<BTreeMap<String, (String, String)>, StoreError> {
         let rows = sqlx::query("SELECT key, version, body FROM objects")

@@ -6,6 +6,8 @@
 //! The stream is anything that reads and writes bytes (a TCP connection, a TLS stream over
 //! it, a QUIC bidirectional stream); one call serves one connection, and returns why it ended.
 
+pub mod memory;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
