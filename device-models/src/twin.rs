@@ -99,9 +99,18 @@ pub fn merge_reported(edge: Option<&TwinValue>, cloud: Option<&TwinValue>) -> Op
 }
 
 /// Whether two texts are the same value of type `ty` (`"1"` and `"1.0"` are the same FLOAT).
+///
+/// FLOAT and DOUBLE values agree within the precision of a 32-bit float: a setpoint of 35.1
+/// written to a float32 register reads back as 35.099998474121094, and that is the value the
+/// operator asked for (compared exactly, the twin would show a delta forever and the gateway
+/// would keep writing it). Integers compare exactly.
 pub fn same_value(ty: PropertyType, a: &str, b: &str) -> bool {
     match (Value::parse(ty, a), Value::parse(ty, b)) {
         (Ok(x), Ok(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(fx), Some(fy)) if matches!(ty, PropertyType::Float | PropertyType::Double) => {
+                let tolerance = 2.0 * f64::from(f32::EPSILON) * fx.abs().max(fy.abs());
+                fx == fy || (fx - fy).abs() <= tolerance
+            }
             (Some(fx), Some(fy)) => fx == fy,
             _ => x == y,
         },
@@ -124,6 +133,25 @@ impl PropertyTwin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floats_read_back_from_float32_registers_are_the_value_that_was_set() {
+        let f = PropertyType::Float;
+        assert!(same_value(f, "35.1", "35.099998474121094"));
+        assert!(same_value(f, "35.1", &f64::from(35.1f32).to_string()));
+        assert!(same_value(
+            PropertyType::Double,
+            "0.1",
+            &(0.1f32 as f64).to_string()
+        ));
+        assert!(same_value(f, "1", "1.0"));
+        assert!(same_value(f, "0", "0.0"));
+        assert!(!same_value(f, "35.1", "35.2"));
+        assert!(!same_value(f, "35.1", "35.1001"));
+        assert!(!same_value(f, "0", "0.000001"));
+        // Integers beyond float32 precision still differ.
+        assert!(!same_value(PropertyType::Int, "16777217", "16777216"));
+    }
 
     fn tv(value: &str, cloud: u64, edge: u64) -> TwinValue {
         TwinValue {

@@ -768,8 +768,23 @@ mod tests {
         );
         // Held again: nothing more to write.
         assert!(choke_writes(&choke(&mut t, 35.0, 40_000)).is_empty());
-        // A gateway restarted from its store (desired = reported = 35) finds a device that lost
-        // the value: the first reading that shows it brings a write at once.
+        // A scaled register reads 0.3 back as 3 × 0.1 = 0.30000000000000004: that is the value
+        // that was set, not a reason to write it every 10 s.
+        let topic = "$hw/events/device/rig7/wellhead-a07/twin/update";
+        let a = t.on_message(
+            topic,
+            expected_update("e-03", "choke-position", "0.3", 40_001).as_bytes(),
+            40_001,
+        );
+        assert_eq!(choke_writes(&a), [Value::Float(0.3)]);
+        for (i, ts) in [41_000, 52_000, 63_000].into_iter().enumerate() {
+            let back = 3.0 * 0.1 + i as f64 * 1e-17;
+            assert!(choke_writes(&choke(&mut t, back, ts)).is_empty());
+        }
+        assert_eq!(t.twins(WH).unwrap()["choke-position"].delta(), None);
+        // A gateway restarted from its store (desired = reported = 0.3, the local value standing
+        // over the file's 35) finds a device that lost the value: the first reading that shows
+        // it brings a write at once.
         let stored = t.ids().into_iter().map(|id| {
             let tw = t.twins(&id).unwrap_or_default();
             (id, tw)
@@ -778,7 +793,7 @@ mod tests {
         assert!(choke_writes(&t.apply_file_desired(&devs, 50_000)).is_empty());
         assert_eq!(
             choke_writes(&choke(&mut t, 0.0, 50_100)),
-            [Value::Float(35.0)]
+            [Value::Float(0.3)]
         );
     }
 
