@@ -10,3 +10,4 @@
 
 pub mod driver;
 pub mod proto;
+pub mod tls;

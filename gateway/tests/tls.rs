@@ -1,5 +1,6 @@
 //! MQTT over TLS through the gateway's own acceptor: mosquitto_sub and mosquitto_pub with the
-//! server's CA, a KubeEdge `$hw/` topic, and a silent client that must not block anyone.
+//! server's CA, a KubeEdge `$hw/` topic, and a silent client that must not block anyone. Also
+//! the cloud link over TLS with a node certificate.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on broken fixtures
 
@@ -248,4 +249,105 @@ fn a_bad_client_ca_file_is_a_clear_error() {
     .map(|_| ())
     .unwrap_err();
     assert!(err.contains("empty.pem: no certificate in it"), "{err}");
+}
+
+/// The cloud link over TLS with per-node client certificates: the hub (a session driver behind
+/// the gateway's acceptor, requiring a certificate from the nodes' CA) and the edge (the
+/// cloud-bridge connector with node rig7's certificate, the SQLite store behind it). Objects
+/// land in the store; an edge that does not trust the hub's CA gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloud_link_runs_over_tls_with_a_node_certificate() {
+    use cloud_bridge::driver::{self, memory::MemoryHub};
+    use cloud_bridge::proto::{Object, edge::Edge, hub::HubConfig, msg::Token};
+    use rustls::pki_types::ServerName;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    let pki = Pki::new();
+    let hub_ca = pki.ca("hub");
+    pki.leaf("hub", &["localhost", "127.0.0.1"], &hub_ca);
+    let nodes_ca = pki.ca("nodes");
+    pki.leaf("rig7", &[], &nodes_ca);
+    let _ = pki.ca("other");
+    let p = |f: &str| pki.path(f);
+
+    let backend = Arc::new(MemoryHub::default());
+    {
+        let mut s = backend.state();
+        s.tokens.insert("rig7".into(), "rig7-token".into());
+        s.objects.entry("rig7".into()).or_default().insert(
+            "Device/rig7/pump".into(),
+            Object {
+                version: "3".into(),
+                body: "{}".into(),
+            },
+        );
+    }
+    let acceptor = gateway::front::acceptor(
+        Path::new(&p("hub.pem")),
+        Path::new(&p("hub.key")),
+        Some(Path::new(&p("nodes-ca.pem"))),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (changes, _) = tokio::sync::broadcast::channel(16);
+    {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, backend, rx) =
+                    (acceptor.clone(), backend.clone(), changes.subscribe());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let (_stop, mut stop) = tokio::sync::watch::channel(false);
+                    driver::hub_session(tls, HubConfig::default(), backend, rx, &mut stop).await;
+                });
+            }
+        });
+    }
+    let name = ServerName::try_from("localhost").unwrap();
+
+    // An edge that does not trust the hub's CA: the handshake fails on its side.
+    let wrong = cloud_bridge::tls::connector(Path::new(&p("other-ca.pem")), None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(wrong.connect(name.clone(), tcp).await.is_err());
+
+    // Node rig7 with its certificate: the hub's objects land in its SQLite store.
+    let connector = cloud_bridge::tls::connector(
+        Path::new(&p("hub-ca.pem")),
+        Some((Path::new(&p("rig7.pem")), Path::new(&p("rig7.key")))),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let db = pki.dir.path().join("ballast.db");
+    let mut store = gateway::store::Store::open(&db).await.unwrap();
+    let session = tokio::spawn(async move {
+        let mut edge = Edge::new(
+            "rig7",
+            Token("rig7-token".into()),
+            [],
+            std::time::Instant::now(),
+        );
+        let (_tx, mut reports) = tokio::sync::mpsc::channel(1);
+        let (_stop, mut stop) = tokio::sync::watch::channel(false);
+        driver::edge_session(tls, &mut edge, &mut store, &mut reports, &mut stop).await
+    });
+    let check = gateway::store::Store::open(&db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let objects = check.objects().await.unwrap();
+        if objects.get("Device/rig7/pump").map(|o| o.0.as_str()) == Some("3") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the object never arrived over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    session.abort();
 }
