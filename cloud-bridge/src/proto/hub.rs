@@ -6,7 +6,7 @@
 //! edge holds comes from its hello, so any hub replica can serve any node and a hub restart
 //! loses nothing.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::digest::{Digest, bucket_of};
@@ -19,14 +19,6 @@ pub trait Directory {
     fn authenticate(&self, node: &str, token: &Token) -> bool;
     /// Calls `f` with every object bound to `node`.
     fn for_each_object(&self, node: &str, f: &mut dyn FnMut(&str, &Object));
-    /// Whether the device `namespace/name` is bound to `node` (a node writes only its own
-    /// devices). The default looks for its `Device/namespace/name` object.
-    fn owns_device(&self, node: &str, device: &str) -> bool {
-        let key = format!("Device/{device}");
-        let mut found = false;
-        self.for_each_object(node, &mut |k, _| found |= k == key);
-        found
-    }
 }
 
 /// Settings of a hub session.
@@ -227,14 +219,37 @@ impl Session {
             return;
         }
         self.reports_received = id;
-        let node = self.node.clone().unwrap_or_default();
-        let n = reports.len();
-        let reports: Vec<Report> = reports
-            .into_iter()
-            .filter(|r| dir.owns_device(&node, &r.device))
-            .collect();
-        self.stats.foreign_refused += (n - reports.len()) as u64;
+        let reports = self.own_devices_only(reports, |r| &r.device, dir);
         self.events.push_back(HubEvent::Reports { id, reports });
+    }
+
+    /// The items about devices bound to this session's node (a node writes only its own
+    /// devices); the others are counted. One pass over the node's objects per message, not one
+    /// per item.
+    fn own_devices_only<T>(
+        &mut self,
+        items: Vec<T>,
+        device: impl Fn(&T) -> &str,
+        dir: &dyn Directory,
+    ) -> Vec<T> {
+        let Some(node) = self.node.as_deref() else {
+            return Vec::new();
+        };
+        let mut own: HashSet<String> = HashSet::new();
+        if !items.is_empty() {
+            dir.for_each_object(node, &mut |key, _| {
+                if let Some(id) = key.strip_prefix("Device/") {
+                    own.insert(id.to_string());
+                }
+            });
+        }
+        let n = items.len();
+        let kept: Vec<T> = items
+            .into_iter()
+            .filter(|t| own.contains(device(t)))
+            .collect();
+        self.stats.foreign_refused += (n - kept.len()) as u64;
+        kept
     }
 
     fn telemetry(&mut self, samples: Vec<TelemetrySample>, dir: &dyn Directory) {
@@ -253,13 +268,7 @@ impl Session {
             return;
         }
         self.telemetry_received = last;
-        let node = self.node.clone().unwrap_or_default();
-        let n = samples.len();
-        let samples: Vec<TelemetrySample> = samples
-            .into_iter()
-            .filter(|s| dir.owns_device(&node, &s.device))
-            .collect();
-        self.stats.foreign_refused += (n - samples.len()) as u64;
+        let samples = self.own_devices_only(samples, |s| &s.device, dir);
         self.events.push_back(HubEvent::Telemetry {
             samples,
             last_seq: last,
